@@ -1,0 +1,295 @@
+"""MP4 video through PyAV: encode episodes, remux (concatenate and split) without re-encoding,
+and decode frames by timestamp with keyframe seeks.
+
+Encoding follows lerobot (yuv420p, a keyframe every 2 frames, crf 30) so datasets we write
+decode the same way in lerobot. Decoding picks the frame whose pts is closest to the requested
+time and refuses one further than `tolerance_s` away, as lerobot does.
+"""
+
+from __future__ import annotations
+
+import fractions
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+DEFAULT_CODEC = "libx264"
+DEFAULT_TOLERANCE_S = 1e-4
+_CODEC_NAMES = {"libx264": "h264", "h264": "h264", "libsvtav1": "av1", "libaom-av1": "av1", "hevc": "hevc", "libx265": "hevc"}
+
+
+class VideoError(ValueError):
+    """A video file that is missing, truncated or unreadable."""
+
+
+class FrameTimestampError(VideoError):
+    """No frame lies within the tolerance of a requested timestamp."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One episode's span of one camera: a file and [from_s, to_s) seconds inside it."""
+
+    path: Path
+    from_s: float
+    to_s: float
+
+
+def _encoder_options(codec: str, gop: int, crf: int) -> dict[str, str]:
+    options = {"g": str(gop), "crf": str(crf)}
+    if codec in ("libx264", "h264"):
+        # No B-frames and IDR keyframes: every keyframe starts a cleanly cuttable segment.
+        options.update({"bf": "0", "forced-idr": "1"})
+    if codec == "libsvtav1":
+        options["preset"] = "12"
+    return options
+
+
+def encode(path: Path, frames: np.ndarray, fps: int, codec: str = DEFAULT_CODEC, gop: int = 2, crf: int = 30) -> None:
+    """Write uint8 RGB frames (T, H, W, 3) as an mp4 whose frame k has pts k/fps."""
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise VideoError(f"{path}: frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    if len(frames) == 0:
+        raise VideoError(f"{path}: cannot encode an empty episode")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps, options=_encoder_options(codec, gop, crf))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        time_base = fractions.Fraction(1, fps)
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = i, time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    if not path.is_file():
+        raise VideoError(f"{path}: video file is missing")
+    try:
+        container = av.open(str(path))
+    except av.error.FFmpegError as err:
+        raise VideoError(f"{path}: cannot open video ({err})") from err
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{path}: no video stream")
+    return container
+
+
+def probe(path: Path) -> dict:
+    """The `info` block lerobot stores for a video feature, read from the file."""
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        return {
+            "video.height": ctx.height,
+            "video.width": ctx.width,
+            "video.codec": _CODEC_NAMES.get(ctx.name, ctx.name),
+            "video.pix_fmt": ctx.pix_fmt,
+            "video.is_depth_map": False,
+            "video.fps": int(round(float(stream.average_rate or stream.guessed_rate))),
+            "video.channels": 3,
+            "has_audio": bool(container.streams.audio),
+        }
+
+
+def duration_s(path: Path) -> float:
+    """Duration of the video stream in seconds (what lerobot uses to chain v3.0 offsets)."""
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        if stream.duration is None:
+            raise VideoError(f"{path}: video stream has no duration (truncated file?)")
+        return float(stream.duration * stream.time_base)
+
+
+def count_frames(path: Path) -> int:
+    """Number of video packets in the file, without decoding."""
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        try:
+            return sum(1 for p in container.demux(stream) if p.size)
+        except av.error.FFmpegError as err:
+            raise VideoError(f"{path}: corrupt video data ({err})") from err
+
+
+class Concatenator:
+    """Append whole episode files or segments to one mp4 by remuxing packets (no re-encode)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._container: av.container.OutputContainer | None = None
+        self._stream = None
+        self._extradata: bytes | None = None
+        self._offset = 0  # in the output stream's time base units
+        self._time_base: fractions.Fraction | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Where the next appended segment will start, in seconds."""
+        return float(self._offset * self._time_base) if self._time_base else 0.0
+
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def compatible(self, src: Path) -> bool:
+        """Whether `src` can be remuxed into this file (same codec parameters)."""
+        if self._container is None:
+            return True
+        with _open(src) as container:
+            ctx = container.streams.video[0].codec_context
+            return (ctx.name, ctx.width, ctx.height, ctx.pix_fmt, bytes(ctx.extradata or b"")) == self._signature
+
+    def append(self, src: Path, from_s: float = 0.0, to_s: float | None = None) -> tuple[float, float]:
+        """Copy the packets of `src` with pts in [from_s, to_s); returns the span in this file."""
+        with _open(src) as inp:
+            ist = inp.streams.video[0]
+            tb = ist.time_base
+            if self._container is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._container = av.open(str(self.path), "w")
+                self._stream = self._container.add_stream_from_template(ist)
+                self._time_base = tb
+                ctx = ist.codec_context
+                self._signature = (ctx.name, ctx.width, ctx.height, ctx.pix_fmt, bytes(ctx.extradata or b""))
+            if tb != self._time_base:
+                raise VideoError(f"{src}: time base {tb} differs from {self._time_base} of {self.path}")
+            lo = int(round(from_s / tb))
+            hi = None if to_s is None else int(round(to_s / tb))
+            slack = max(1, int(DEFAULT_TOLERANCE_S / tb))
+            if lo > 0:
+                inp.seek(lo, stream=ist, backward=True, any_frame=False)
+            start, end, first = self._offset, self._offset, True
+            for packet in inp.demux(ist):
+                if packet.pts is None or packet.pts < lo - slack:
+                    continue
+                if hi is not None and packet.pts >= hi - slack:
+                    if packet.dts is not None and packet.dts >= hi:
+                        break
+                    continue
+                if first and not packet.is_keyframe:
+                    raise VideoError(f"{src}: segment at {from_s:.4f}s does not start on a keyframe")
+                first = False
+                shift = self._offset - lo
+                end = max(end, packet.pts + shift + (packet.duration or 0))
+                packet.pts += shift
+                packet.dts = (packet.dts + shift) if packet.dts is not None else packet.pts
+                packet.stream = self._stream
+                self._container.mux(packet)
+            if first:
+                raise VideoError(f"{src}: no frames in [{from_s}, {to_s})")
+            span_end = end if hi is None else self._offset + (hi - lo)
+            self._offset = span_end
+        return float(start * self._time_base), float(span_end * self._time_base)
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link `src` to `dst`, copying when the filesystem refuses links."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, dst)
+
+
+def cut(src: Path, from_s: float, to_s: float, dst: Path, fps: int, codec: str = DEFAULT_CODEC) -> None:
+    """Write [from_s, to_s) of `src` as its own file starting at pts 0.
+
+    Remuxes when the span starts on a keyframe; otherwise decodes and re-encodes the span.
+    """
+    concat = Concatenator(dst)
+    try:
+        concat.append(src, from_s, to_s)
+        concat.close()
+        return
+    except VideoError as err:
+        concat.close()
+        if "keyframe" not in str(err):
+            raise
+        dst.unlink(missing_ok=True)
+    n = int(round((to_s - from_s) * fps))
+    reader = VideoReader(src)
+    try:
+        frames = reader.frames_at([from_s + k / fps for k in range(n)])
+    finally:
+        reader.close()
+    encode(dst, frames, fps, codec)
+
+
+class VideoReader:
+    """Decode frames by timestamp from one file, keeping the container open between calls.
+
+    A request behind the decoder, or far ahead of it, seeks to the nearest keyframe before the
+    target; a request just ahead continues decoding, so sequential reads never seek.
+    """
+
+    def __init__(self, path: Path, tolerance_s: float = DEFAULT_TOLERANCE_S, threads: bool = True):
+        self.path = Path(path)
+        self.tolerance_s = tolerance_s
+        self._container = _open(self.path)
+        self._stream = self._container.streams.video[0]
+        if threads:
+            self._stream.thread_type = "AUTO"
+        self._tb = float(self._stream.time_base)
+        self._frames = None  # active decode iterator
+        self._last: tuple[float, np.ndarray] | None = None
+        self._seek_ahead_s = 1.0
+
+    def close(self) -> None:
+        self._container.close()
+
+    def _restart(self, ts: float) -> None:
+        offset = int(max(ts - self.tolerance_s, 0.0) / self._tb)
+        self._container.seek(offset, stream=self._stream, backward=True, any_frame=False)
+        self._frames = self._container.decode(self._stream)
+        self._last = None
+
+    def _next(self) -> tuple[float, np.ndarray] | None:
+        try:
+            frame = next(self._frames)
+        except StopIteration:
+            return None
+        except av.error.FFmpegError as err:
+            raise VideoError(f"{self.path}: corrupt video data ({err})") from err
+        return frame.pts * self._tb, frame
+
+    def _frame_at(self, ts: float) -> np.ndarray:
+        last = self._last
+        if self._frames is None or last is None or ts < last[0] - self.tolerance_s or ts > last[0] + self._seek_ahead_s:
+            self._restart(ts)
+            last = None
+        best = last
+        while best is None or best[0] < ts - self.tolerance_s:
+            item = self._next()
+            if item is None:
+                break
+            if best is None or abs(item[0] - ts) <= abs(best[0] - ts):
+                best = item
+            self._last = item
+        if best is None or abs(best[0] - ts) >= self.tolerance_s:
+            got = "no frame" if best is None else f"nearest frame at {best[0]:.6f}s"
+            raise FrameTimestampError(f"{self.path}: no frame within {self.tolerance_s}s of {ts:.6f}s ({got})")
+        if not isinstance(best[1], np.ndarray):
+            best = (best[0], best[1].to_ndarray(format="rgb24"))
+            if self._last is not None and self._last[0] == best[0]:
+                self._last = best
+        return best[1]
+
+    def frames_at(self, timestamps: list[float] | np.ndarray) -> np.ndarray:
+        """uint8 frames (N, H, W, 3) at the given times in seconds, in the order asked."""
+        order = np.argsort(timestamps, kind="stable")
+        out: list[np.ndarray | None] = [None] * len(order)
+        for i in order:
+            out[i] = self._frame_at(float(timestamps[i]))
+        return np.stack(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
