@@ -130,6 +130,14 @@ def arrow_schema(features: dict[str, dict]) -> pa.Schema:
 def to_arrow(key: str, spec: dict, values: Any, num_rows: int) -> pa.Array:
     """Convert per-frame values of one feature to its Arrow column, checking length and shape."""
     typ = arrow_type(spec)
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        if len(values) != num_rows:
+            raise FeatureError(f"column {key!r}: {len(values)} rows, expected {num_rows}")
+        arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        try:
+            return arr if arr.type == typ else arr.cast(typ)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+            raise FeatureError(f"column {key!r}: type {arr.type} does not match info.json ({typ})") from err
     if spec["dtype"] == "image":
         if len(values) != num_rows:
             raise FeatureError(f"column {key!r}: {len(values)} rows, expected {num_rows}")

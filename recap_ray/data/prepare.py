@@ -1,0 +1,87 @@
+"""Add or recompute the five RECAP columns, writing a new dataset version.
+
+Episode success comes from the episode metadata key `success`, else from a per-frame `success`
+column (true on any frame), else from an explicit mapping; intervention flags from the
+`intervention` column when present, else all zero. `demos=True` marks every episode as a
+successful, fully human-driven demonstration (limb's `--pistar-demo`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from recap_ray.data import dataset as dataset_mod
+from recap_ray.data import features as feats
+from recap_ray.data import meta as meta_mod
+from recap_ray.data import recap_columns, versions
+
+
+class MissingSuccess(ValueError):
+    """An episode whose success flag cannot be found."""
+
+
+def episode_success(ep: meta_mod.Episode, table: pa.Table, overrides: dict[int, bool] | None, where: str) -> bool:
+    """Success of one episode from overrides, episode metadata, or a `success` column."""
+    if overrides is not None and ep.index in overrides:
+        return bool(overrides[ep.index])
+    if "success" in ep.extra and ep.extra["success"] is not None:
+        return bool(ep.extra["success"])
+    if "success" in table.column_names:
+        return bool(np.asarray(feats.column_to_numpy(table.column("success")), bool).any())
+    raise MissingSuccess(
+        f"{where}, episode {ep.index}: no success flag (episode metadata 'success', a 'success' column, or --success-file)"
+    )
+
+
+def prepare(
+    src: str | Path, dst: str | Path, demos: bool = False, success: dict[int, bool] | None = None
+) -> Path:
+    """Write `dst` = `src` with the RECAP columns computed from success and intervention flags."""
+    src = Path(src)
+    with dataset_mod.open(src) as ds:
+        # Resolve every episode's flags before writing anything, so bad input fails fast.
+        flags: dict[int, tuple[bool, np.ndarray]] = {}
+        for ep in ds.meta.episodes:
+            table = ds.episode_table(ep.index)
+            if demos:
+                flags[ep.index] = (True, np.ones(ep.length, np.int64))
+                continue
+            ok = episode_success(ep, table, success, str(src))
+            if "intervention" in table.column_names:
+                raw = feats.column_to_numpy(table.column("intervention"))
+                if not np.isin(raw, (0, 1)).all():
+                    raise ValueError(f"{src}, episode {ep.index}, column 'intervention': values must be 0 or 1")
+                inter = raw.astype(np.int64)
+            else:
+                inter = np.zeros(ep.length, np.int64)
+            flags[ep.index] = (ok, inter)
+
+    def transform(index: int, table: pa.Table, ep: meta_mod.Episode) -> pa.Table:
+        ok, inter = flags[index]
+        cols = recap_columns.compute(ok, inter)
+        if demos:
+            cols["adv_ind"] = np.full(ep.length, "positive", dtype=object)
+        for name in recap_columns.COLUMNS:
+            arr = feats.to_arrow(name, recap_columns.FEATURES[name], cols[name], table.num_rows)
+            if name in table.column_names:
+                table = table.set_column(table.column_names.index(name), name, arr)
+            else:
+                table = table.append_column(name, arr)
+        return table
+
+    def set_success(ep: meta_mod.Episode) -> None:
+        ep.extra["success"] = flags[ep.index][0]
+
+    out = versions.derive(
+        src,
+        dst,
+        transform,
+        change="prepare: RECAP columns",
+        params={"demos": demos, "success_overrides": {str(k): v for k, v in (success or {}).items()}},
+        new_features=recap_columns.FEATURES,
+        episode_meta=set_success,
+    )
+    return out
