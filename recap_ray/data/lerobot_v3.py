@@ -137,9 +137,10 @@ def write_meta(root: Path, meta: meta_mod.Meta) -> None:
     for k in loc_keys:
         cols[k] = pa.array([e.location[k] for e in eps], pa.float64() if k.endswith("timestamp") else pa.int64())
     for feature, spec in meta.features.items():
-        if spec["dtype"] == "string" or not eps or feature not in eps[0].stats:
+        if spec["dtype"] == "string" or not eps or any(feature not in e.stats for e in eps):
             continue
-        for stat in eps[0].stats[feature]:
+        common = [k for k in eps[0].stats[feature] if all(k in e.stats[feature] for e in eps)]
+        for stat in common:
             cols[f"stats/{feature}/{stat}"] = _stat_column([e.stats[feature][stat] for e in eps], stat, spec)
     cols["meta/episodes/chunk_index"] = pa.array([0] * len(eps), pa.int64())
     cols["meta/episodes/file_index"] = pa.array([0] * len(eps), pa.int64())
