@@ -152,7 +152,7 @@ class Concatenator:
             if self._container is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._container = av.open(str(self.path), "w")
-                self._stream = self._container.add_stream_from_template(ist)
+                self._stream = self._container.add_stream_from_template(ist, opaque=True)
                 self._time_base = tb
                 ctx = ist.codec_context
                 self._signature = (ctx.name, ctx.width, ctx.height, ctx.pix_fmt, bytes(ctx.extradata or b""))
@@ -241,6 +241,9 @@ class VideoReader:
         self._stream = self._container.streams.video[0]
         if threads:
             self._stream.thread_type = "AUTO"
+        if self._stream.codec_context.name == "libdav1d":
+            # dav1d holds frames back for frame threading; a seek then costs extra decodes.
+            self._stream.codec_context.options = {"max_frame_delay": "1"}
         self._tb = float(self._stream.time_base)
         self._frames = None  # active decode iterator
         self._last: tuple[float, np.ndarray] | None = None

@@ -2,6 +2,7 @@
 
     python lerobot_peer.py read ROOT OUT.npz   # dump every column and decoded frame lerobot sees
     python lerobot_peer.py write ROOT          # write a small dataset with lerobot's own writer
+    python lerobot_peer.py bench ROOT IDX.npy  # time lerobot's item access (all cameras) at global indices
 """
 
 import sys
@@ -58,5 +59,21 @@ def write(root: str) -> None:
     read(root, root + ".npz")
 
 
+def bench(root: str, indices: str) -> None:
+    import json
+    import time
+
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    ds = LeRobotDataset("recap_ray/bench", root=root, video_backend="pyav")
+    idx = np.load(indices)
+    ds[int(idx[0])]  # warm-up: parquet cache and imports
+    start = time.perf_counter()
+    for i in idx:
+        ds[int(i)]
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "samples": len(idx), "cameras": len(ds.meta.video_keys)}))
+
+
 if __name__ == "__main__":
-    {"read": read, "write": write}[sys.argv[1]](*sys.argv[2:])
+    {"read": read, "write": write, "bench": bench}[sys.argv[1]](*sys.argv[2:])
