@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 # Modules under recap_ray/configs/ that register configs when imported.
-_CONFIG_MODULES: tuple[str, ...] = ("value",)
+_CONFIG_MODULES: tuple[str, ...] = ("policy", "value")
 
 _REGISTRY: dict[str, Any] = {}
 _loaded = False
