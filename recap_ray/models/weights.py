@@ -1,0 +1,143 @@
+"""openpi `params/` checkpoints: restore, strict merge into a model tree, and save in the same layout.
+
+On disk (orbax PyTree, OCDBT) the item is `{"params": tree}`. Checkpoints written by openpi training
+end every leaf path in an extra `value` key (nnx.State); released ones (pi05_base) do not. Restoring
+accepts both; saving always writes the `value` form, which openpi's `restore_params` strips again.
+Our model's parameter paths are openpi's, so no key map is needed. Paths are used as given: a
+`gs://` path goes to orbax/tensorstore untouched (readable only with the user's credentials);
+nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx, traverse_util
+
+from recap_ray.models import lora
+
+logger = logging.getLogger(__name__)
+
+PARAMS_ITEM = "params"  # the item directory inside a step directory
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint's tree does not fit the model: lists missing, extra and mis-shaped paths."""
+
+    def __init__(self, source: str, missing: list[str], extra: list[str], misshaped: list[str]):
+        self.missing, self.extra, self.misshaped = missing, extra, misshaped
+        parts = [f"{source}: checkpoint does not match the model"]
+        for label, items in (("missing from the checkpoint", missing), ("not in the model", extra),
+                             ("shape mismatch (checkpoint vs model)", misshaped)):  # fmt: skip
+            if items:
+                parts.append(f"{label} ({len(items)}):\n  " + "\n  ".join(items))
+        super().__init__("\n".join(parts))
+
+
+def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested dict -> {'a/b/c': leaf}."""
+    return traverse_util.flatten_dict(dict(tree), sep="/")
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """{'a/b/c': leaf} -> nested dict."""
+    return traverse_util.unflatten_dict(dict(flat), sep="/")
+
+
+def _path(path: str | os.PathLike[str]) -> str:
+    s = os.fspath(path)
+    return s if "://" in s else str(Path(s).resolve())
+
+
+def restore(params_dir: str | os.PathLike[str], *, dtype: Any = None) -> dict[str, Any]:
+    """Read an openpi `params/` item as a pure dict of numpy arrays (trailing `value` keys stripped).
+
+    dtype: cast every leaf on read (serving uses bfloat16); None keeps the stored dtypes.
+    """
+    path = _path(params_dir)
+    with ocp.PyTreeCheckpointer() as ckptr:
+        meta = ckptr.metadata(path)
+        meta = getattr(meta, "item_metadata", meta)
+        tree = dict(getattr(meta, "tree", meta))
+        if PARAMS_ITEM not in tree:
+            raise ValueError(f"{path}: not an openpi params checkpoint (top-level keys {sorted(tree)}, expected 'params')")
+        item = {PARAMS_ITEM: tree[PARAMS_ITEM]}
+        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype), item)
+        params = ckptr.restore(path, ocp.args.PyTreeRestore(item=item, restore_args=args))[PARAMS_ITEM]
+    flat = traverse_util.flatten_dict(params)
+    if flat and all(key[-1] == "value" for key in flat):
+        flat = {key[:-1]: v for key, v in flat.items()}
+    return traverse_util.unflatten_dict(flat)
+
+
+def merge(
+    reference: Mapping[str, Any],
+    loaded: Mapping[str, Any],
+    *,
+    may_be_missing: Callable[[str], bool] = lora.is_lora_path,
+    source: str = "checkpoint",
+) -> dict[str, Any]:
+    """Loaded leaves cast to the reference's dtypes, keyed as the reference; strict otherwise.
+
+    Reference paths absent from `loaded` are left out of the result when `may_be_missing(path)`
+    (LoRA leaves keep their fresh init, as openpi does) and are an error otherwise; loaded paths
+    absent from the reference, and shape mismatches, are always errors. All are listed at once.
+    """
+    ref, got = flatten(reference), flatten(loaded)
+    missing = sorted(p for p in ref if p not in got and not may_be_missing(p))
+    extra = sorted(p for p in got if p not in ref)
+    misshaped = sorted(
+        f"{p}: {tuple(got[p].shape)} vs {tuple(ref[p].shape)}"
+        for p in ref
+        if p in got and tuple(got[p].shape) != tuple(ref[p].shape)
+    )
+    if missing or extra or misshaped:
+        raise CheckpointMismatch(source, missing, extra, misshaped)
+    kept = [p for p in ref if p not in got]
+    if kept:
+        logger.info("%s: %d leaves not in the checkpoint keep their init (e.g. %s)", source, len(kept), kept[0])
+    return unflatten({p: np.asarray(got[p]).astype(ref[p].dtype) for p in ref if p in got})
+
+
+def model_params(model: nnx.Module) -> dict[str, Any]:
+    """The model's parameters as openpi's pure dict."""
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def load_into(model: nnx.Module, params_dir: str | os.PathLike[str]) -> None:
+    """Restore `params_dir` and write it into `model` in place (strict merge, LoRA leaves may be absent)."""
+    state = nnx.state(model, nnx.Param)
+    merged = merge(nnx.to_pure_dict(state), restore(params_dir), source=os.fspath(params_dir))
+    flat_state = flatten(nnx.to_pure_dict(state))
+    for path, value in flatten(merged).items():
+        flat_state[path] = jnp.asarray(value)
+    nnx.replace_by_pure_dict(state, unflatten(flat_state))
+    nnx.update(model, state)
+
+
+def save(params_dir: str | os.PathLike[str], params: nnx.Module | Mapping[str, Any]) -> Path | str:
+    """Write `params` (a model or a pure dict) as openpi's `params/` item: {"params": {..., leaf: {"value": x}}}."""
+    tree = model_params(params) if isinstance(params, nnx.Module) else dict(params)
+    wrapped = unflatten({f"{p}/value": np.asarray(v) for p, v in flatten(tree).items()})
+    path = _path(params_dir)
+    with ocp.PyTreeCheckpointer() as ckptr:
+        ckptr.save(path, {PARAMS_ITEM: wrapped})
+    return path
+
+
+def step_params_dir(checkpoint_dir: str | os.PathLike[str], step: int) -> str:
+    """`<checkpoint_dir>/<step>/params`, openpi's layout for a training step."""
+    return f"{os.fspath(checkpoint_dir).rstrip('/')}/{step}/{PARAMS_ITEM}"
+
+
+def lora_paths(tree: Mapping[str, Any]) -> list[str]:
+    """Paths of LoRA leaves in a tree."""
+    return sorted(p for p in flatten(tree) if lora.is_lora_path(p))

@@ -1,0 +1,157 @@
+"""pi0.5 model: real-size trees against the spec, flow matching and sampling against slow loops."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx, traverse_util
+
+from recap_ray.configs import policy
+from recap_ray.models import pi05, pi05_config
+
+TREES = Path("/work/shared/spec/trees")
+
+
+def _spec_tree(name: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    rows = {}
+    for line in (TREES / name).read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        path, shape, dtype = line.split("\t")
+        rows[path] = (tuple(int(s) for s in shape.strip("[]").split(",")), dtype)
+    return rows
+
+
+def _flat(tree: dict) -> dict[str, tuple[tuple[int, ...], str]]:
+    flat = traverse_util.flatten_dict(tree, sep="/")
+    return {k: (tuple(v.shape), str(v.dtype)) for k, v in flat.items()}
+
+
+@pytest.mark.skipif(not TREES.exists(), reason="spec trees not present")
+@pytest.mark.parametrize(
+    ("config", "tsv"),
+    [(policy.PI06_YAM, "pi05.tsv"), (policy.PI06_YAM_LORA_INFER, "pi05_lora.tsv")],
+    ids=["pi05", "pi05_lora"],
+)
+def test_real_size_tree_matches_spec(config, tsv):
+    got, want = _flat(config.abstract_params()), _spec_tree(tsv)
+    assert sorted(set(want) - set(got)) == [] and sorted(set(got) - set(want)) == []
+    for path in want:
+        assert got[path] == want[path], path
+
+
+def test_real_size_parameter_count():
+    flat = traverse_util.flatten_dict(policy.PI06_YAM.abstract_params())
+    assert sum(int(np.prod(v.shape)) for v in flat.values()) == 3_353_433_872
+
+
+# --- tiny model, float32 compute so a slow reference can be compared tightly -----------------
+
+CONFIG = dataclasses.replace(policy.TINY_MODEL, dtype="float32", max_token_len=12, action_horizon=6)
+B = 2
+
+
+def _rngs(seed: int) -> nnx.Rngs:
+    """Cheap-to-compile keys for tests (XLA's RngBitGenerator instead of threefry)."""
+    return nnx.Rngs(jax.random.key(seed, impl="rbg"))
+
+
+def _obs(seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    s = CONFIG.image_size
+    valid = np.arange(CONFIG.max_token_len)[None] < np.array([[7], [12]])
+    return {
+        "images": {k: jnp.asarray(rng.uniform(-1, 1, (B, s, s, 3)), jnp.float32) for k in CONFIG.image_keys},
+        "image_masks": {k: jnp.asarray([True, k != "right_wrist_0_rgb"]) for k in CONFIG.image_keys},
+        "tokenized_prompt": jnp.asarray(rng.integers(0, CONFIG.vocab_size, (B, CONFIG.max_token_len)), jnp.int32),
+        "tokenized_prompt_mask": jnp.asarray(valid),
+    }
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = CONFIG.create(_rngs(0))
+    # adaRMS Dense layers and the SigLIP head start at zero; randomise them so every path is exercised
+    state = nnx.state(m, nnx.Param)
+    keys = iter(jax.random.split(jax.random.key(5), 1000))
+    nnx.update(m, jax.tree.map(lambda x: x + 0.05 * jax.random.normal(next(keys), x.shape, x.dtype), state))
+    return m
+
+
+@pytest.fixture(scope="module")
+def velocity(model):
+    graphdef, state = nnx.split(model)
+    fn = jax.jit(lambda st, obs, x, t: nnx.merge(graphdef, st).velocity(obs, x, t))
+    return lambda obs, x, t: fn(state, obs, x, t)
+
+
+def _slice(obs: dict, i: int) -> dict:
+    return jax.tree.map(lambda a: a[i : i + 1], obs)
+
+
+def test_loss_matches_per_sample_loop(model, velocity):
+    obs = _obs()
+    rng = np.random.default_rng(1)
+    actions = jnp.asarray(rng.normal(size=(B, CONFIG.action_horizon, CONFIG.action_dim)), jnp.float32)
+    noise = jnp.asarray(rng.normal(size=actions.shape), jnp.float32)
+    t = jnp.asarray([0.2, 0.9], jnp.float32)
+    got = float(nnx.jit(lambda m, o, a, n, tt: m.loss(o, a, n, tt))(model, obs, actions, noise, t))
+    total = 0.0
+    for i in range(B):
+        ti = float(t[i])
+        x_t = ti * noise[i : i + 1] + (1.0 - ti) * actions[i : i + 1]
+        v = np.asarray(velocity(_slice(obs, i), x_t, t[i : i + 1]))
+        mse = np.mean((v - np.asarray(noise[i] - actions[i])) ** 2)
+        total += mse * 0.5 * np.exp(-0.5 * (1.0 - ti))  # pistar weighting
+    np.testing.assert_allclose(got, total / B, rtol=1e-4)
+
+
+def test_sampling_with_kv_cache_matches_uncached_euler_loop(model, velocity):
+    obs = _obs(2)
+    noise = jax.random.normal(jax.random.key(3), (B, CONFIG.action_horizon, CONFIG.action_dim))
+    got = nnx.jit(lambda m, o, n: m.sample_actions(jax.random.key(0), o, noise=n))(model, obs, noise)
+    x = np.asarray(noise)
+    for step in range(10):  # t = 1.0, 0.9, ..., 0.1; dt = -0.1
+        t = 1.0 - step / 10
+        x = x - 0.1 * np.asarray(velocity(obs, jnp.asarray(x), jnp.full((B,), t, jnp.float32)))
+    np.testing.assert_allclose(np.asarray(got), x, rtol=1e-4, atol=1e-4)
+
+
+def test_masked_inputs_do_not_leak(velocity):
+    obs = _obs(4)
+    x = jax.random.normal(jax.random.key(1), (B, CONFIG.action_horizon, CONFIG.action_dim))
+    t = jnp.asarray([0.5, 0.5])
+    base = np.asarray(velocity(obs, x, t))
+    changed = dict(obs)
+    # sample 1's right wrist camera is masked, sample 0's prompt is padded after 7 tokens
+    changed["images"] = {**obs["images"], "right_wrist_0_rgb": obs["images"]["right_wrist_0_rgb"].at[1].set(0.3)}
+    changed["tokenized_prompt"] = obs["tokenized_prompt"].at[0, 7:].set(1)
+    np.testing.assert_allclose(np.asarray(velocity(changed, x, t)), base, rtol=1e-5, atol=1e-6)
+    # and a visible input does matter
+    seen = dict(obs, tokenized_prompt=obs["tokenized_prompt"].at[0, 3].add(1))
+    assert not np.allclose(np.asarray(velocity(seen, x, t))[0], base[0])
+
+
+def test_time_conditioning_and_attn_mask():
+    emb = np.asarray(pi05.posemb_sincos(jnp.asarray([0.25]), 8, 4e-3, 4.0))
+    periods = 4e-3 * 1000.0 ** (np.arange(4) / 3)
+    want = np.concatenate([np.sin(2 * np.pi * 0.25 / periods), np.cos(2 * np.pi * 0.25 / periods)])
+    np.testing.assert_allclose(emb[0], want, atol=5e-5)
+    mask = np.asarray(pi05.make_attn_mask(jnp.asarray([[1, 1, 0, 1, 1]], bool), jnp.asarray([0, 0, 0, 1, 0], bool)))
+    want = np.array([[1, 1, 0, 0, 0], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0], [1, 1, 0, 1, 1], [1, 1, 0, 1, 1]], bool)
+    np.testing.assert_array_equal(mask[0], want)
+
+
+def test_bf16_tiny_runs_and_real_config_facts():
+    config = policy.PI06_TINY.model
+    m = config.create(_rngs(0))
+    obs = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), config.fake_inputs(1)[0])
+    prefix, _, _ = m.embed_prefix(obs)
+    assert prefix.dtype == jnp.bfloat16
+    assert policy.PI06_YAM.model.prefix_len + policy.PI06_YAM.model.action_horizon == 1021
+    assert isinstance(m, pi05.Pi05) and isinstance(config, pi05_config.Pi05Config)
