@@ -1,0 +1,23 @@
+"""Named value-model configs: pistar's real size and a tiny one for tests and the demo."""
+
+from __future__ import annotations
+
+from recap_ray.configs import registry
+from recap_ray.models import gemma3, siglip
+from recap_ray.models.value_config import ValueModelConfig
+
+# pistar-world ValueModelConfig(gemma_variant="gemma3_270m", siglip_variant="So400m/14"):
+# 683,191,609 float32 parameters, two cameras, 48 prompt tokens, C51 over 201 atoms on [-1, 0].
+VALUE = registry.register(ValueModelConfig(name="value"))
+
+# Same structure at test size: 28px images (4 SigLIP tokens each), a 2-layer Gemma3 (one local
+# layer with window 4, one global), vocab 400 to match the session-trained sentencepiece model.
+VALUE_TINY = registry.register(
+    ValueModelConfig(
+        name="value_tiny",
+        siglip=siglip.SiglipConfig.tiny(),
+        llm=gemma3.Gemma3Config.variant("tiny"),
+        cross_attention_heads=2,
+        max_token_len=8,
+    )
+)
