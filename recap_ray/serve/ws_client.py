@@ -1,0 +1,82 @@
+"""A synchronous websocket client policy speaking openpi's wire protocol (serving spec §1.2-1.7).
+
+Connects, reads the server's metadata frame, then for each observation sends one binary msgpack
+frame and blocks for the reply. A text frame from the server is its traceback: raised as
+RuntimeError. Usable wherever a policy callable `obs -> {"actions": ...}` is expected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync import client as ws_sync
+
+from recap_ray.serve import msgpack_numpy
+
+logger = logging.getLogger(__name__)
+
+
+def endpoint_uri(host: str, port: int | None = None) -> str:
+    """openpi's URI rule: `host` verbatim if it starts with "ws", else ws://host; then :port if given."""
+    uri = host if host.startswith("ws") else f"ws://{host}"
+    return uri if port is None else f"{uri}:{port}"
+
+
+class WebsocketClientPolicy:
+    """One connection to an openpi-style policy server; one request in flight at a time."""
+
+    def __init__(self, host: str, port: int | None = None, api_key: str | None = None,
+                 open_timeout_s: float = 10.0, reply_timeout_s: float | None = None) -> None:
+        self.uri = endpoint_uri(host, port)
+        self.reply_timeout_s = reply_timeout_s
+        headers = {"Authorization": f"Api-Key {api_key}"} if api_key else None
+        self._packer = msgpack_numpy.Packer()
+        self._stack = contextlib.ExitStack()  # the connection's lifetime is this object's (close())
+        try:
+            self._ws = self._stack.enter_context(ws_sync.connect(
+                self.uri, compression=None, max_size=None, additional_headers=headers, open_timeout=open_timeout_s))
+        except (OSError, InvalidStatus, TimeoutError) as err:
+            raise ConnectionError(f"cannot connect to policy server at {self.uri}: {err}") from err
+        try:
+            first = self._ws.recv(timeout=open_timeout_s)
+        except (TimeoutError, ConnectionClosed) as err:
+            self.close()
+            raise ConnectionError(f"{self.uri}: no metadata frame from the server: {err}") from err
+        if isinstance(first, str):
+            self.close()
+            raise RuntimeError(f"Error in inference server at {self.uri}:\n{first}")
+        self.metadata: dict = msgpack_numpy.unpackb(first)
+        logger.info("connected to %s, server metadata %s", self.uri, self.metadata)
+
+    def get_server_metadata(self) -> dict:
+        """The metadata dict the server sent on connect (openpi-client's name)."""
+        return self.metadata
+
+    def infer(self, observation: dict) -> dict[str, Any]:
+        """Send one observation, return the server's reply dict."""
+        try:
+            self._ws.send(self._packer.pack(observation))
+            reply = self._ws.recv(timeout=self.reply_timeout_s)
+        except ConnectionClosed as err:
+            raise ConnectionError(f"{self.uri}: connection closed: {err}") from err
+        if isinstance(reply, str):
+            raise RuntimeError(f"Error in inference server:\n{reply}")
+        out = msgpack_numpy.unpackb(reply)
+        if not isinstance(out, dict):
+            raise ValueError(f"{self.uri}: expected a dict reply, got {type(out).__name__}")
+        return out
+
+    __call__ = infer
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._stack.close()
+
+    def __enter__(self) -> WebsocketClientPolicy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

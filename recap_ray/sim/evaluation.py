@@ -1,0 +1,162 @@
+"""Closed-loop evaluation of any policy that maps an openpi observation dict to an action chunk.
+
+Each episode: reset with its own seed, ask the policy for a chunk, execute its first
+`replan_steps` actions, ask again, until success or the time limit. Reports the success rate
+with a Wilson 95% interval and the mean episode length; keeps tiled camera frames of the first
+few episodes for a video.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from typing import Callable
+
+import numpy as np
+
+from recap_ray.sim import env as env_lib
+from recap_ray.sim import kinematics, render
+
+logger = logging.getLogger(__name__)
+
+Policy = Callable[[dict], dict]
+EVAL_STREAM = 2  # seed stream id, apart from the dataset's demos (0) and rollouts (1)
+Z95 = 1.959963984540054
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """How to run an evaluation."""
+
+    episodes: int = 50  # number of episodes
+    replan_steps: int = 5  # actions executed from each chunk before asking the policy again
+    seed: int = 0  # episode i starts from seed (seed, 2, i)
+    video_episodes: int = 3  # episodes whose frames are kept for the video
+    image_layout: env_lib.ImageLayout = "chw"  # openpi's Aloha policies take channels-first images
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeResult:
+    """The outcome of one evaluation episode."""
+
+    index: int
+    success: bool
+    steps: int
+    policy_calls: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """Aggregate outcome of an evaluation."""
+
+    episodes: tuple[EpisodeResult, ...]
+    fps: int
+    wall_s: float
+
+    @property
+    def successes(self) -> int:
+        """Number of successful episodes."""
+        return sum(e.success for e in self.episodes)
+
+    @property
+    def success_rate(self) -> float:
+        """Fraction of successful episodes."""
+        return self.successes / len(self.episodes)
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        """Wilson 95% interval of the success rate."""
+        return wilson_interval(self.successes, len(self.episodes))
+
+    @property
+    def mean_steps(self) -> float:
+        """Mean episode length in steps (failures run to the time limit)."""
+        return float(np.mean([e.steps for e in self.episodes]))
+
+    def summary(self) -> dict:
+        """A JSON-ready summary."""
+        low, high = self.ci95
+        return {
+            "episodes": len(self.episodes),
+            "successes": self.successes,
+            "success_rate": self.success_rate,
+            "success_rate_ci95": [low, high],
+            "mean_episode_steps": self.mean_steps,
+            "mean_episode_s": self.mean_steps / self.fps,
+            "wall_s": self.wall_s,
+            "per_episode": [dataclasses.asdict(e) for e in self.episodes],
+        }
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion."""
+    if trials <= 0 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials and trials > 0, got {successes}/{trials}")
+    p = successes / trials
+    denom = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return low, high
+
+
+def tile(frames: dict[str, np.ndarray]) -> np.ndarray:
+    """The three cameras side by side (H, 3W, 3), head camera first."""
+    return np.concatenate([frames[name] for name in render.CAMERAS], axis=1)
+
+
+def _chunk(reply: object, episode: int, step: int) -> np.ndarray:
+    if not isinstance(reply, dict) or "actions" not in reply:
+        raise ValueError(f"episode {episode} step {step}: policy must return a dict with 'actions', "
+                         f"got {type(reply).__name__}")
+    actions = np.asarray(reply["actions"], dtype=np.float64)
+    if actions.ndim != 2 or actions.shape[0] < 1 or actions.shape[1] != kinematics.STATE_DIM:
+        raise ValueError(f"episode {episode} step {step}: actions must be (H>=1, {kinematics.STATE_DIM}), "
+                         f"got {actions.shape}")
+    if not np.all(np.isfinite(actions)):
+        raise ValueError(f"episode {episode} step {step}: actions contain NaN or inf")
+    return actions
+
+
+def run_episode(policy: Policy, environment: env_lib.HandoverEnv, index: int, config: EvalConfig,
+                video: list[np.ndarray] | None = None) -> EpisodeResult:
+    """One closed-loop episode; appends tiled frames to `video` when given."""
+    environment.reset((config.seed, EVAL_STREAM, index))
+    calls = 0
+    while not environment.done:
+        frames = environment.frames()
+        chunk = _chunk(policy(env_lib.openpi_observation(frames, environment.state, environment.config.prompt,
+                                                         config.image_layout)), index, environment.steps)
+        calls += 1
+        for k, action in enumerate(chunk[: config.replan_steps]):
+            if video is not None:
+                video.append(tile(frames if k == 0 else environment.frames()))
+            if environment.step(action):
+                break
+    if video is not None:  # hold the last frame half a second, framed green on success, red on failure
+        last = tile(environment.frames())
+        last[:2], last[-2:], last[:, :2], last[:, -2:] = ((0, 200, 0) if environment.success else (220, 0, 0),) * 4
+        video.extend([last] * (environment.config.fps // 2))
+    return EpisodeResult(index, bool(environment.success), environment.steps, calls)
+
+
+def evaluate(policy: Policy, environment: env_lib.HandoverEnv, config: EvalConfig,
+             on_episode: Callable[[EpisodeResult], None] | None = None) -> tuple[EvalResult, np.ndarray | None]:
+    """Run `config.episodes` episodes; returns the result and the video frames (N, H, 3W, 3) or None."""
+    if config.episodes < 1 or config.replan_steps < 1:
+        raise ValueError(f"need episodes >= 1 and replan_steps >= 1, got {config.episodes}, {config.replan_steps}")
+    start = time.perf_counter()
+    results, video = [], []
+    for i in range(config.episodes):
+        result = run_episode(policy, environment, i, config, video if i < config.video_episodes else None)
+        results.append(result)
+        if on_episode is not None:
+            on_episode(result)
+    out = EvalResult(tuple(results), environment.config.fps, time.perf_counter() - start)
+    low, high = out.ci95
+    logger.info("success %d/%d = %.3f (95%% CI %.3f-%.3f), mean length %.1f steps",
+                out.successes, len(results), out.success_rate, low, high, out.mean_steps)
+    return out, (np.stack(video) if video else None)
