@@ -45,16 +45,43 @@ def numeric_stats(values: np.ndarray, quantiles: bool) -> Stats:
 
 
 def image_stats(frames: np.ndarray, quantiles: bool) -> Stats:
-    """Per-channel stats of uint8 frames (N, H, W, 3), scaled to [0, 1], shaped (3, 1, 1)."""
+    """Per-channel stats of uint8 frames (N, H, W, C), scaled to [0, 1], shaped (C, 1, 1).
+
+    Works on 256-bin pixel histograms: exact for uint8 (quantiles interpolate linearly between
+    order statistics, as np.quantile does) and far cheaper than sorting float pixels.
+    """
     frames = np.asarray(frames)
     longest = max(frames.shape[1], frames.shape[2])
     if longest >= 300:
         step = int(longest / 150)
         frames = frames[:, ::step, ::step]
-    pixels = frames.reshape(-1, frames.shape[-1]).astype(np.float64) / 255.0
-    stats = numeric_stats(pixels, quantiles)
-    count = np.array([len(frames)], dtype=np.int64)
-    return {k: (count if k == "count" else v.reshape(-1, 1, 1)) for k, v in stats.items()}
+    channels = frames.shape[-1]
+    flat = frames.reshape(-1, channels)
+    hist = np.stack([np.bincount(flat[:, c], minlength=256) for c in range(channels)]).astype(np.float64)
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    n = hist.sum(1)
+    mean = hist @ levels / n
+    var = np.maximum(hist @ levels**2 / n - mean**2, 0.0)
+    nonzero = hist > 0
+    out: Stats = {
+        "min": np.array([levels[np.flatnonzero(r)[0]] for r in nonzero]),
+        "max": np.array([levels[np.flatnonzero(r)[-1]] for r in nonzero]),
+        "mean": mean,
+        "std": np.sqrt(var),
+    }
+    if quantiles:
+        cdf = np.cumsum(hist, axis=1)
+
+        def at_rank(rank: np.ndarray) -> np.ndarray:
+            return np.array([levels[np.searchsorted(cdf[c], rank[c], side="right")] for c in range(channels)])
+
+        for key, q in zip(QUANTILE_KEYS, QUANTILES):
+            pos = (n - 1) * q
+            lo, hi = np.floor(pos), np.ceil(pos)
+            out[key] = at_rank(lo) + (pos - lo) * (at_rank(hi) - at_rank(lo))
+    stats = {k: v.reshape(-1, 1, 1) for k, v in out.items()}
+    stats["count"] = np.array([len(frames)], dtype=np.int64)
+    return stats
 
 
 def aggregate(per_episode: list[Stats]) -> Stats:

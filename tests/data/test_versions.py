@@ -131,3 +131,19 @@ def test_running_stats_widening_range_matches_numpy():
     np.testing.assert_allclose(res.std, allx.std(0), rtol=1e-9)
     span = allx.max(0) - allx.min(0)
     assert (np.abs(res.q99 - np.quantile(allx, 0.99, axis=0, method="inverted_cdf")) < span * 3e-3).all()
+
+
+def test_image_stats_match_float_reference():
+    from recap_ray.data import stats
+
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, size=(7, 20, 30, 3), dtype=np.uint8)
+    got = stats.image_stats(frames, quantiles=True)
+    pixels = frames.reshape(-1, 3).astype(np.float64) / 255
+    np.testing.assert_allclose(got["mean"].ravel(), pixels.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(got["std"].ravel(), pixels.std(0), rtol=1e-9)
+    np.testing.assert_allclose(got["min"].ravel(), pixels.min(0))
+    np.testing.assert_allclose(got["max"].ravel(), pixels.max(0))
+    for key, q in zip(stats.QUANTILE_KEYS, stats.QUANTILES):
+        np.testing.assert_allclose(got[key].ravel(), np.quantile(pixels, q, axis=0), rtol=1e-12)
+    assert got["mean"].shape == (3, 1, 1) and got["count"].tolist() == [7]
