@@ -24,6 +24,7 @@ EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.par
 CHUNKS_SIZE = 1000
 DATA_FILES_SIZE_MB = 100
 VIDEO_FILES_SIZE_MB = 200
+_FILE_START = "_file_start"  # in-memory only: first global index of the episode's data file
 
 
 def next_file(chunk: int, file: int, chunks_size: int = CHUNKS_SIZE) -> tuple[int, int]:
@@ -109,6 +110,12 @@ def read_meta(root: Path) -> meta_mod.Meta:
             elif key not in ("episode_index", "tasks", "length"):
                 extra[key] = value
         episodes.append(meta_mod.Episode(n, int(row["length"]), list(row["tasks"]), ep_stats, extra, location))
+    starts: dict[tuple[int, int], int] = {}
+    for e in episodes:
+        key = (e.location["data/chunk_index"], e.location["data/file_index"])
+        starts[key] = min(starts.get(key, e.location["dataset_from_index"]), e.location["dataset_from_index"])
+    for e in episodes:
+        e.location[_FILE_START] = starts[(e.location["data/chunk_index"], e.location["data/file_index"])]
     stats_path = mdir / "stats.json"
     stats = stats_mod.from_json(meta_mod.read_json(stats_path)) if stats_path.exists() else None
     return meta_mod.Meta(info, tasks, episodes, stats)
@@ -157,14 +164,8 @@ def data_file(meta: meta_mod.Meta, episode: int) -> str:
 
 
 def file_start_index(meta: meta_mod.Meta, episode: int) -> int:
-    """Global `index` of the first row stored in the data file holding `episode`."""
-    loc = meta.episode(episode).location
-    key = (loc["data/chunk_index"], loc["data/file_index"])
-    return min(
-        e.location["dataset_from_index"]
-        for e in meta.episodes
-        if (e.location["data/chunk_index"], e.location["data/file_index"]) == key
-    )
+    """Global `index` of the first row stored in the data file holding `episode` (computed once in read_meta)."""
+    return meta.episode(episode).location[_FILE_START]
 
 
 def episode_table(root: Path, meta: meta_mod.Meta, episode: int) -> pa.Table:
@@ -174,7 +175,7 @@ def episode_table(root: Path, meta: meta_mod.Meta, episode: int) -> pa.Table:
         raise meta_mod.DatasetError(f"{path}: data file of episode {episode} is missing")
     loc = meta.episode(episode).location
     start = loc["dataset_from_index"] - file_start_index(meta, episode)
-    stop = loc["dataset_to_index"] - file_start_index(meta, episode)
+    stop = start + loc["dataset_to_index"] - loc["dataset_from_index"]
     try:
         pf = pq.ParquetFile(path)
         groups, offset, first_row = [], 0, None

@@ -65,9 +65,6 @@ class Meta:
     def total_frames(self) -> int:
         return sum(e.length for e in self.episodes)
 
-    def task_index(self, task: str) -> int:
-        return self.tasks.index(task)
-
     def episode(self, index: int) -> Episode:
         if not 0 <= index < len(self.episodes):
             raise DatasetError(f"episode {index} out of range: dataset has {len(self.episodes)} episodes")
