@@ -75,3 +75,16 @@ def train_sentencepiece(path_prefix: Path, vocab_size: int = 400) -> Path:
 def sentencepiece_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path to a small sentencepiece `.model` trained for this test session."""
     return train_sentencepiece(tmp_path_factory.mktemp("spm") / "tokenizer")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded local Ray for the whole session (token auth off: tests submit nothing remote)."""
+    import ray
+
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
