@@ -19,5 +19,13 @@ VALUE_TINY = registry.register(
         llm=gemma3.Gemma3Config.variant("tiny"),
         cross_attention_heads=2,
         max_token_len=8,
+        batch_size=4,
+        num_train_steps=20,
+        peak_lr=1e-3,
+        decay_lr=1e-4,
+        augment=False,
+        init_weights=None,
+        log_interval=5,
+        save_interval=10,
     )
 )

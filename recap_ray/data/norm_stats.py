@@ -112,15 +112,20 @@ def _edges(lo: np.ndarray, hi: np.ndarray, num_bins: int) -> np.ndarray:
     return np.linspace(lo, hi, num_bins + 1, axis=1)
 
 
-def save(path: str | Path, stats: dict[str, NormStats]) -> None:
-    """Write openpi's norm_stats.json: {"norm_stats": {key: {mean, std, q01, q99}}}."""
+def dumps(stats: dict[str, NormStats]) -> str:
+    """openpi's norm_stats.json text: {"norm_stats": {key: {mean, std, q01, q99}}}."""
     body = {
         key: {"mean": s.mean.tolist(), "std": s.std.tolist(), "q01": s.q01.tolist(), "q99": s.q99.tolist()}
         for key, s in stats.items()
     }
+    return json.dumps({"norm_stats": body}, indent=2)
+
+
+def save(path: str | Path, stats: dict[str, NormStats]) -> None:
+    """Write openpi's norm_stats.json."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"norm_stats": body}, indent=2))
+    path.write_text(dumps(stats))
 
 
 def load(path: str | Path) -> dict[str, NormStats]:

@@ -43,6 +43,23 @@ class ValueModelConfig:
     freeze_mode: str = "all_backbones"
     # EMA decay applied after every step over all parameters (pistar hardcodes 0.99).
     ema_decay: float = 0.99
+    # --- training (pistar's scripts/train_value.py defaults) ---
+    # Global batch (frames), split over every device.
+    batch_size: int = 32
+    # Optimizer steps.
+    num_train_steps: int = 30_000
+    # Peak and final learning rate of the warmup + cosine schedule (warmup min(1000, N//10)).
+    peak_lr: float = 2.5e-5
+    decay_lr: float = 2.5e-6
+    # Random crop/rotate/colour jitter on training images.
+    augment: bool = True
+    # Initial weights: "bundle" = the vlm_ckpt bundle ($OPENPI_VLM_CKPT_DIR), a path (bundle dir,
+    # value checkpoint, or run directory), or None for a random init (tiny configs).
+    init_weights: str | None = "bundle"
+    # RNG seed, metric-log and checkpoint intervals (steps).
+    seed: int = 42
+    log_interval: int = 100
+    save_interval: int = 1000
 
     def __post_init__(self) -> None:
         if self.freeze_mode not in FREEZE_MODES:

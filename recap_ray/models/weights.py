@@ -126,11 +126,16 @@ def load_into(model: nnx.Module, params_dir: str | os.PathLike[str]) -> None:
 def save(params_dir: str | os.PathLike[str], params: nnx.Module | Mapping[str, Any]) -> Path | str:
     """Write `params` (a model or a pure dict) as openpi's `params/` item: {"params": {..., leaf: {"value": x}}}."""
     tree = model_params(params) if isinstance(params, nnx.Module) else dict(params)
-    wrapped = unflatten({f"{p}/value": np.asarray(v) for p, v in flatten(tree).items()})
     path = _path(params_dir)
     with ocp.PyTreeCheckpointer() as ckptr:
-        ckptr.save(path, {PARAMS_ITEM: wrapped})
+        ckptr.save(path, openpi_item(tree, as_numpy=True))
     return path
+
+
+def openpi_item(params: Mapping[str, Any], *, as_numpy: bool = False) -> dict[str, Any]:
+    """openpi's `params/` item tree: {"params": {..., leaf: {"value": x}}} (arrays kept unless `as_numpy`)."""
+    conv = np.asarray if as_numpy else (lambda x: x)
+    return {PARAMS_ITEM: unflatten({f"{p}/value": conv(v) for p, v in flatten(params).items()})}
 
 
 def step_params_dir(checkpoint_dir: str | os.PathLike[str], step: int) -> str:

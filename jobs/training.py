@@ -1,0 +1,129 @@
+"""What `jobs.train_value` and `jobs.train_policy` share: flags, run-directory checks, the Ray run."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from recap_ray.data import versions
+from recap_ray.models import checkpoints
+from recap_ray.train import loop, run_record
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    dataset: Path
+    """Dataset version to train on."""
+    config: str
+    """Registry name of the config (value: value, value_tiny; policy: pi06_*)."""
+    run_dir: str
+    """Run directory: run.json, checkpoints/, tensorboard/ (a local path or a cloud URI)."""
+    tokenizer: Path | None = None
+    """sentencepiece model (default: $RECAP_TOKENIZER); copied into every checkpoint's assets."""
+    num_workers: int = 1
+    """Worker processes, one per host (the most when elastic)."""
+    min_workers: int | None = None
+    """Elastic: fewest workers the run continues on (global batch kept)."""
+    gpus_per_worker: int = 0
+    """GPUs each worker owns (all of its host's); 0 trains on CPU."""
+    cpus_per_worker: float = 1.0
+    """CPUs reserved per worker."""
+    num_steps: int | None = None
+    """Optimizer steps (default: the config's)."""
+    save_interval: int | None = None
+    """Steps between checkpoints (default: the config's)."""
+    log_interval: int | None = None
+    """Steps between metric logs (default: the config's)."""
+    batch_size: int | None = None
+    """Global batch (default: the config's)."""
+    init: str | None = None
+    """Initial weights: openpi params/ dir, pi05_base, a value bundle, or one of our run/step dirs."""
+    resume: bool = False
+    """Continue the run in RUN_DIR from its newest checkpoint."""
+    overwrite: bool = False
+    """Delete RUN_DIR first."""
+    max_failures: int = 3
+    """Worker-group restarts before giving up (-1: unlimited)."""
+    fsdp_devices: int | None = None
+    """Devices each parameter is split over (default: all)."""
+    grad_accum: int = 1
+    """Micro-batches per step (gradient accumulation)."""
+    keep_checkpoints: int = 2
+    """Newest checkpoints kept."""
+    loader_threads: int = 4
+    """Decode threads per worker."""
+
+
+def resolve_tokenizer(path: Path | None) -> Path:
+    path = path or (Path(os.environ["RECAP_TOKENIZER"]) if os.environ.get("RECAP_TOKENIZER") else None)
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"tokenizer {path}: pass --tokenizer or set $RECAP_TOKENIZER to a sentencepiece .model file")
+    return path
+
+
+def prepare_run_dir(config: Config, kind: str) -> None:
+    """Refuse to mix runs: an existing run needs --resume (same config and dataset) or --overwrite."""
+    run_dir = Path(config.run_dir)
+    if config.overwrite and config.resume:
+        raise ValueError("--resume and --overwrite exclude each other")
+    if config.overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    existing = run_record.read(run_dir) if run_dir.exists() else {}
+    if not existing and not checkpoints.steps(run_dir):
+        return
+    if not config.resume:
+        raise FileExistsError(f"{run_dir} already holds a run (step {existing.get('step')}); pass --resume or --overwrite")
+    mismatch = {
+        field: (existing.get(field), want)
+        for field, want in (("kind", kind), ("config", config.config), ("dataset_fingerprint", versions.fingerprint(config.dataset)))
+        if existing.get(field) not in (None, want)
+    }
+    if mismatch:
+        raise ValueError(f"{run_dir}: cannot resume, the run differs: " + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in mismatch.items()))
+
+
+def make_job(config: Config, kind: str, **extra: Any) -> loop.TrainJob:
+    return loop.TrainJob(
+        kind=kind, config=config.config, dataset=str(config.dataset), run_dir=str(config.run_dir),
+        tokenizer=str(resolve_tokenizer(config.tokenizer)), session=uuid.uuid4().hex[:12],
+        num_steps=config.num_steps, batch_size=config.batch_size, save_interval=config.save_interval,
+        log_interval=config.log_interval, init=config.init, fsdp_devices=config.fsdp_devices,
+        grad_accum=config.grad_accum, keep_checkpoints=config.keep_checkpoints, loader_threads=config.loader_threads,
+        **extra,
+    )  # fmt: skip
+
+
+def connect_ray() -> None:
+    """Join the cluster in $RAY_ADDRESS (ray job submit sets it) or start an embedded local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster: no token needed
+    ray.init()
+
+
+def run(config: Config, kind: str, **extra: Any) -> dict[str, Any]:
+    """Train on Ray; returns the final run.json."""
+    from actors import train_worker
+
+    prepare_run_dir(config, kind)
+    job = make_job(config, kind, **extra)
+    connect_ray()
+    resources = train_worker.Resources(
+        num_workers=config.num_workers, min_workers=config.min_workers, gpus_per_worker=config.gpus_per_worker,
+        cpus_per_worker=config.cpus_per_worker, max_failures=config.max_failures,
+    )  # fmt: skip
+    storage = f"{config.run_dir.rstrip('/')}/ray" if "://" in config.run_dir else None
+    result = train_worker.trainer(job, resources, storage_path=storage).fit()
+    if result.error is not None:
+        raise RuntimeError(f"training run {config.run_dir} failed") from result.error
+    return run_record.read(config.run_dir)

@@ -1,0 +1,168 @@
+"""Orbax checkpoints of a training run, in openpi's step layout (see `models/checkpoints.py`).
+
+Each step directory holds four items, written together by one `CheckpointManager.save` (async,
+atomic: orbax writes a temporary directory and renames it when every item is done):
+`params` (what consumers load: openpi's params/ for the policy, pistar's {params, ema_params, step}
+for the value model), `train_state` (flat dict of every leaf of `TrainState`, so optimizer state
+of any structure round-trips and restores onto a new mesh), `data` (the loader position, JSON)
+and `assets` (norm stats, tokenizer: plain files).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+from recap_ray.models import checkpoints
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- assets item
+
+
+class AssetsHandler(ocp.CheckpointHandler):
+    """Writes `{relative path: bytes}` as plain files under the item directory (primary host only)."""
+
+    def save(self, directory: epath.Path, args: "AssetsSave") -> None:
+        if jax.process_index() != 0:
+            return
+        for rel, data in args.files.items():
+            path = directory / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+
+    def restore(self, directory: epath.Path, args: "AssetsRestore | None" = None) -> dict[str, bytes]:
+        return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
+@ocp.args.register_with_handler(AssetsHandler, for_save=True)
+@dataclasses.dataclass
+class AssetsSave(ocp.args.CheckpointArgs):
+    files: dict[str, bytes]
+
+
+@ocp.args.register_with_handler(AssetsHandler, for_restore=True)
+@dataclasses.dataclass
+class AssetsRestore(ocp.args.CheckpointArgs):
+    pass
+
+
+# ----------------------------------------------------------------------------- flat state
+
+
+def _key(path: tuple[Any, ...]) -> str:
+    parts = []
+    for entry in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+        else:
+            parts.append(str(entry))
+    return ".".join(parts)
+
+
+def flatten_state(tree: Any) -> dict[str, Any]:
+    """Every leaf keyed by its dotted path (any pytree: nnx.State, optax namedtuples, None skipped)."""
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    flat = {_key(p): leaf for p, leaf in leaves}
+    if len(flat) != len(leaves):
+        raise ValueError("train state has leaves whose paths collide when dotted")
+    return flat
+
+
+def unflatten_state(flat: dict[str, Any], like: Any) -> Any:
+    """Inverse of `flatten_state` onto the structure of `like`; names missing or extra leaves."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+    keys = [_key(p) for p, _ in leaves]
+    missing = [k for k in keys if k not in flat]
+    extra = sorted(set(flat) - set(keys))
+    if missing or extra:
+        raise ValueError(f"train_state does not match the model: missing {missing[:5]}, extra {extra[:5]}")
+    return jax.tree_util.tree_unflatten(treedef, [flat[k] for k in keys])
+
+
+# ----------------------------------------------------------------------------- manager
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointOptions:
+    """How often and how many."""
+
+    keep: int = 2  # newest checkpoints kept (older ones deleted after a newer one finishes)
+    keep_period: int | None = None  # also keep every step divisible by this forever
+    async_save: bool = True  # write in the background while training goes on
+
+
+def manager(run_dir: str | Path, options: CheckpointOptions = CheckpointOptions()) -> ocp.CheckpointManager:
+    """The run's CheckpointManager over `RUN_DIR/checkpoints` (a local path or a cloud URI)."""
+    root = epath.Path(str(run_dir)) / checkpoints.CHECKPOINTS_DIR
+    return ocp.CheckpointManager(
+        root,
+        item_names=(checkpoints.PARAMS_ITEM, checkpoints.TRAIN_STATE_ITEM, checkpoints.DATA_ITEM, checkpoints.ASSETS_DIR),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=options.keep,
+            keep_period=options.keep_period,
+            enable_async_checkpointing=options.async_save,
+            create=True,
+        ),
+    )
+
+
+def save(
+    mngr: ocp.CheckpointManager,
+    step: int,
+    *,
+    params: Any,
+    train_state: Any,
+    data_position: dict[str, Any],
+    assets: dict[str, bytes],
+) -> bool:
+    """Queue a save of `step` (returns at once when async); False when the step is already saved."""
+    if step in mngr.all_steps():
+        return False
+    return mngr.save(
+        step,
+        args=ocp.args.Composite(
+            **{
+                checkpoints.PARAMS_ITEM: ocp.args.PyTreeSave(params),
+                checkpoints.TRAIN_STATE_ITEM: ocp.args.PyTreeSave(flatten_state(train_state)),
+                checkpoints.DATA_ITEM: ocp.args.JsonSave(data_position),
+                checkpoints.ASSETS_DIR: AssetsSave(assets),
+            }
+        ),
+    )
+
+
+def restore_train_state(mngr: ocp.CheckpointManager, step: int, like: Any, shardings: Any) -> Any:
+    """The train state of `step`, each leaf placed with `shardings` (a tree like `like`)."""
+    flat_like = flatten_state(like)
+    flat_shard = flatten_state(shardings)
+    restore_args = {k: ocp.ArrayRestoreArgs(sharding=flat_shard[k], global_shape=v.shape, dtype=v.dtype)
+                    for k, v in flat_like.items()}  # fmt: skip
+    restored = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+            **{checkpoints.TRAIN_STATE_ITEM: ocp.args.PyTreeRestore(item=flat_like, restore_args=restore_args)}
+        ),
+    )
+    return unflatten_state(dict(restored[checkpoints.TRAIN_STATE_ITEM]), like)
+
+
+def restore_data_position(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+    """The loader position saved with `step`."""
+    restored = mngr.restore(step, args=ocp.args.Composite(**{checkpoints.DATA_ITEM: ocp.args.JsonRestore()}))
+    return dict(restored[checkpoints.DATA_ITEM])
+
+
+def on_finished(mngr: ocp.CheckpointManager, callback: Callable[[list[int]], None]) -> None:
+    """Block until pending saves are done, then tell `callback` the saved steps."""
+    mngr.wait_until_finished()
+    callback(list(mngr.all_steps()))

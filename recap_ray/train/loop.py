@@ -1,0 +1,175 @@
+"""The training loop every worker process runs (no Ray here: `actors/train_worker.py` wraps it).
+
+Each process builds the same model, mesh and jitted step, restores the newest checkpoint of the run
+if there is one (train state and loader position), and steps until `num_steps`, saving every
+`save_interval` steps, at the end, and when told to stop (a preemption notice). Rank 0 writes
+TensorBoard scalars, value histograms, the progress bar and run.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from recap_ray import tracker as tracker_lib
+from recap_ray.configs import registry
+from recap_ray.data import dataset as dataset_mod
+from recap_ray.data import versions
+from recap_ray.train import batches, checkpointing, optim, run_record, sharding, state as state_lib, step as step_lib, tasks
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainJob:
+    """One training run, as every worker receives it (plain fields: it crosses process boundaries)."""
+
+    kind: str  # "value" or "policy"
+    config: str  # registry name of the value-model or policy config
+    dataset: str  # dataset version to train on
+    run_dir: str  # run directory (local path or cloud URI for checkpoints)
+    tokenizer: str  # sentencepiece model the prompts are encoded with (copied into every checkpoint)
+    session: str  # id of this job invocation (restarts within it are counted)
+    num_steps: int | None = None  # default: the config's
+    batch_size: int | None = None  # global batch; default: the config's
+    save_interval: int | None = None  # default: the config's
+    log_interval: int | None = None  # default: the config's
+    init: str | None = None  # initial weights overriding the config's
+    norm_stats: str | None = None  # policy: norm_stats.json to use instead of computing it
+    augment: bool = True  # train-time image augmentation (policy; the value config has its own switch)
+    fsdp_devices: int | None = None  # devices a parameter is split over; None: all
+    grad_accum: int = 1  # micro-batches per step
+    keep_checkpoints: int = 2  # newest checkpoints kept
+    async_save: bool = True  # write checkpoints in the background
+    loader_threads: int = 4  # decode threads per process
+    prefetch: int = 8  # batches decoded ahead
+
+
+@dataclasses.dataclass
+class WorkerContext:
+    """What the loop needs from whoever runs it."""
+
+    rank: int = 0
+    world_size: int = 1
+    report: Callable[[dict[str, Any]], None] = lambda metrics: None  # every rank, same number of calls
+    should_stop: Callable[[], bool] = lambda: False  # preemption notice received
+
+
+class Preempted(RuntimeError):
+    """Raised after the checkpoint a stop request asked for has been written."""
+
+
+def make_task(job: TrainJob) -> tasks.Task:
+    config = registry.get(job.config)
+    if job.kind == "value":
+        return tasks.ValueTask(config, Path(job.tokenizer), job.init)
+    if job.kind == "policy":
+        return tasks.PolicyTask(config, Path(job.tokenizer), job.init, Path(job.norm_stats) if job.norm_stats else None, job.augment)
+    raise ValueError(f"TrainJob.kind must be 'value' or 'policy', got {job.kind!r}")
+
+
+def _defaults(job: TrainJob, config: Any) -> tuple[int, int, int, int]:
+    return (
+        job.num_steps or config.num_train_steps,
+        job.batch_size or config.batch_size,
+        job.save_interval or config.save_interval,
+        job.log_interval or config.log_interval,
+    )
+
+
+def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_lib.Tracker | None = None) -> dict[str, Any]:
+    """Run (or resume) the job to `num_steps`; returns rank 0's last metrics."""
+    task = make_task(job)
+    num_steps, global_batch, save_interval, log_interval = _defaults(job, task.config)
+    lead = ctx.rank == 0
+    fingerprint = versions.fingerprint(job.dataset)
+    if lead:
+        run_record.start(job.run_dir, job.session, kind=job.kind, config=job.config, dataset=str(job.dataset),
+                         dataset_fingerprint=fingerprint, init=job.init, global_batch=global_batch,
+                         num_steps=num_steps, world_size=ctx.world_size)  # fmt: skip
+    mesh = sharding.make_mesh(job.fsdp_devices)
+    if global_batch % (jax.device_count() * job.grad_accum):
+        raise ValueError(f"global batch {global_batch} does not split over {jax.device_count()} devices x {job.grad_accum} micro-batches")
+    opt_config = task.optimizer(num_steps)
+    tx = optim.optimizer(opt_config)
+    graphdef, state = state_lib.create(task.build_model(), task.trainable(), tx, use_ema=task.ema_decay is not None, seed=task.config.seed)
+    shardings = sharding.fsdp_shardings(state, mesh)
+    mngr = checkpointing.manager(job.run_dir, checkpointing.CheckpointOptions(keep=job.keep_checkpoints, async_save=job.async_save))
+    position = None
+    latest = mngr.latest_step()
+    if latest is not None:
+        resumable = state.replace(frozen=None)
+        restored = checkpointing.restore_train_state(mngr, latest, resumable, dataclasses.replace(shardings, frozen=None))
+        state = restored.replace(frozen=state.frozen)
+        position = checkpointing.restore_data_position(mngr, latest)
+        logger.info("resumed %s at step %d", job.run_dir, latest)
+    state = jax.device_put(state, shardings)
+    start = int(state.step)
+
+    with dataset_mod.open(job.dataset) as ds:
+        maker = task.sample_maker(ds)
+        assets = task.assets(ds)
+    train_step = jax.jit(
+        step_lib.make_step(graphdef, tx, task.loss(), optim.schedule(opt_config), ema_decay=task.ema_decay, grad_accum=job.grad_accum),
+        in_shardings=(shardings, sharding.data_sharding(mesh)),
+        out_shardings=(shardings, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+    tracker = tracker or (tracker_lib.TensorBoardTracker(Path(job.run_dir) / "tensorboard") if lead else tracker_lib.NullTracker())
+
+    def save(step: int) -> None:
+        params = task.params_item(graphdef, state)
+        checkpointing.save(mngr, step, params=params, train_state=state.replace(frozen=None),
+                           data_position=loader.position.to_dict(), assets=assets)  # fmt: skip
+        if lead:
+            run_record.update(job.run_dir, checkpoints=sorted({*mngr.all_steps(), step}))
+
+    metrics: dict[str, Any] = {}
+    loader = batches.BatchLoader(job.dataset, maker, global_batch=global_batch, seed=task.config.seed,
+                                 process_index=ctx.rank, process_count=ctx.world_size, position=position,
+                                 threads=job.loader_threads, prefetch=job.prefetch, fingerprint=fingerprint)  # fmt: skip
+    bar = tqdm(total=num_steps, initial=start, desc=f"train {job.kind}", disable=not lead)
+    try:
+        window_start, window_steps = time.perf_counter(), 0
+        for step in range(start, num_steps):
+            batch = sharding.global_batch(next(loader), mesh)
+            state, out = train_step(state, batch)
+            done, window_steps = step + 1, window_steps + 1
+            bar.update(1)
+            if done % log_interval == 0 or done == num_steps:
+                out = jax.device_get(out)
+                elapsed = time.perf_counter() - window_start
+                metrics = {k: float(v) for k, v in out.items() if np.ndim(v) == 0}
+                metrics.update(step=done, step_time=elapsed / window_steps, examples_per_s=global_batch * window_steps / elapsed)
+                tracker.scalars(done, {f"train/{k}": v for k, v in metrics.items() if k != "step"})
+                if "values" in out:
+                    tracker.histogram(done, "train/predicted_value", out["values"])
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                ctx.report(metrics)
+                if lead:
+                    run_record.update(job.run_dir, step=done)
+                window_start, window_steps = time.perf_counter(), 0
+            stop = ctx.should_stop()
+            if done % save_interval == 0 or done == num_steps or stop:
+                save(done)
+            if stop:
+                mngr.wait_until_finished()
+                if lead:
+                    run_record.update(job.run_dir, step=done, status="preempted", checkpoints=list(mngr.all_steps()))
+                raise Preempted(f"stopped at step {done} after a preemption notice; checkpoint saved")
+        mngr.wait_until_finished()
+        if lead:
+            run_record.update(job.run_dir, step=num_steps, status="finished", checkpoints=list(mngr.all_steps()))
+    finally:
+        bar.close()
+        loader.close()
+        mngr.close()
+        tracker.close()
+    return metrics

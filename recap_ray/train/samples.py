@@ -1,0 +1,258 @@
+"""Per-sample assembly for training: which frames exist, and how one frame becomes a model sample.
+
+A sample is frame t of one episode. `SampleIndex` lists them; `EpisodeColumns` holds the non-video
+columns of the selected episodes (read once); a maker turns the frame's decoded camera images and
+its episode's columns into the dict a model consumes: `ValueSamples` (value model) or
+`PolicySamples` (pi0.6, through `transforms.policy_inputs`). `make_batch` decodes the frames of a
+list of samples (one `Dataset.frames` call per episode and camera) and stacks the samples.
+
+Per-sample randomness (adv_ind dropout, augmentation) comes from `SampleKey`: (seed, epoch, the
+sample's position in the epoch's global order), so it does not depend on threads, process count
+or resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+
+from recap_ray import transforms
+from recap_ray.configs import policy as policy_configs
+from recap_ray.data import dataset as dataset_mod
+from recap_ray.data import features as feats
+from recap_ray.data import meta as meta_mod
+from recap_ray.data import norm_stats as norm_stats_mod
+from recap_ray.models import tokenizer as tokenizer_mod
+from recap_ray.models import value_augment, value_config, value_preprocess, value_tokenizer
+
+Sample = dict[str, Any]
+Arrays = Mapping[str, np.ndarray]
+# Independent random streams drawn from one SampleKey / one (seed, epoch).
+ORDER_STREAM, DROPOUT_STREAM, AUGMENT_STREAM = 0, 1, 2
+# Per-frame task text, added to every episode's columns.
+TASK_KEY = "task"
+# Value-model camera -> dataset camera: pistar's ValueInputs on YAM keys (the head camera is the
+# base; the first wrist camera found, the left one, is `wrist_0_rgb`; labelling adds the right).
+VALUE_CAMERAS: dict[str, str] = {
+    "base_0_rgb": "observation.images.head_camera",
+    "wrist_0_rgb": "observation.images.left_wrist_camera",
+    "right_wrist_0_rgb": "observation.images.right_wrist_camera",
+}
+
+
+class SampleError(RuntimeError):
+    """Making a sample failed; the message names the episode and frame(s)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleKey:
+    """One sample: where it is in the data, and where in the run's order (seeds its randomness)."""
+
+    episode: int  # episode index in the dataset
+    frame: int  # frame index within the episode
+    seed: int  # run seed
+    epoch: int  # epoch of the order
+    position: int  # place in the epoch's global order
+
+    def seed_sequence(self, stream: int) -> np.random.SeedSequence:
+        return np.random.SeedSequence([self.seed, self.epoch, self.position, stream])
+
+    def rng(self, stream: int) -> np.random.Generator:
+        """numpy generator of this sample's `stream`."""
+        return np.random.default_rng(self.seed_sequence(stream))
+
+    def key_data(self, stream: int) -> np.ndarray:
+        """uint32 (2,): raw threefry key data of this sample's `stream` for JAX."""
+        return self.seed_sequence(stream).generate_state(2, np.uint32)
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleIndex:
+    """Every (episode, frame) of the selected episodes, episode-major."""
+
+    episodes: np.ndarray  # int64 (N,)
+    frames: np.ndarray  # int64 (N,)
+
+    @classmethod
+    def build(cls, meta: meta_mod.Meta, episodes: Sequence[int] | None = None) -> SampleIndex:
+        """All frames of `episodes` (all episodes when None; given ones sorted, duplicates refused)."""
+        selected = range(len(meta.episodes)) if episodes is None else sorted(int(e) for e in episodes)
+        if len(set(selected)) != len(selected):
+            raise ValueError(f"sample index: episodes {list(episodes or [])} hold duplicates")
+        lengths = [meta.episode(e).length for e in selected]
+        eps = np.repeat(np.asarray(selected, np.int64), lengths)
+        frames = np.concatenate([np.arange(n, dtype=np.int64) for n in lengths]) if lengths else eps
+        return cls(eps, frames)
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def episode_ids(self) -> list[int]:
+        return sorted(set(self.episodes.tolist()))
+
+    def digest(self) -> str:
+        """Short hash of the (episode, frame) list, to recognise the same selection on resume."""
+        h = hashlib.sha256(self.episodes.astype("<i8").tobytes() + self.frames.astype("<i8").tobytes())
+        return h.hexdigest()[:16]
+
+
+class EpisodeColumns:
+    """The non-video columns a maker needs, plus the per-frame task text, read once per episode."""
+
+    def __init__(self, ds: dataset_mod.Dataset, keys: Sequence[str], episodes: Sequence[int]):
+        self._data: dict[int, dict[str, np.ndarray]] = {}
+        tasks = np.asarray(ds.meta.tasks, dtype=object)
+        for ep in episodes:
+            table = ds.episode_table(ep)
+            cols = {k: feats.column_to_numpy(table.column(k)) for k in keys}
+            cols[TASK_KEY] = tasks[feats.column_to_numpy(table.column("task_index"))]
+            self._data[ep] = cols
+
+    def get(self, episode: int) -> dict[str, np.ndarray]:
+        return self._data[episode]
+
+
+class SampleMaker(Protocol):
+    """Turns one frame's camera images and its episode's columns into a model sample."""
+
+    video_keys: tuple[str, ...]  # dataset cameras decoded for every sample
+    column_keys: tuple[str, ...]  # non-video columns read per episode
+
+    def __call__(self, key: SampleKey, images: Arrays, columns: Arrays) -> Sample: ...
+
+
+class ValueSamples:
+    """Value-model samples (what `ValueModel.loss` takes) plus the `value_label` target.
+
+    Sample: images float32 (C, S, S, 3) in [-1, 1] (cameras `config.cameras`, resized with pad,
+    pistar's augmentation when `augment`), image_masks bool (C,), tokens int32 (L,) and token_mask
+    bool (L,) of the episode task (pistar's value prompt), value_label float32 ().
+    """
+
+    column_keys = ("value_label",)
+
+    def __init__(
+        self,
+        config: value_config.ValueModelConfig,
+        tokenizer: value_tokenizer.ValueTokenizer,
+        *,
+        augment: bool,
+        camera_map: Mapping[str, str] = VALUE_CAMERAS,
+        augment_config: value_augment.AugmentConfig = value_augment.AugmentConfig(),
+    ):
+        missing = [c for c in config.cameras if c not in camera_map]
+        if missing:
+            raise ValueError(f"ValueSamples: model cameras {missing} have no dataset camera in {dict(camera_map)}")
+        if tokenizer.max_len != config.max_token_len:
+            raise ValueError(
+                f"ValueSamples: tokenizer max_len {tokenizer.max_len} != config max_token_len {config.max_token_len}"
+            )
+        self.config, self.augment, self.augment_config = config, augment, augment_config
+        self.camera_map = dict(camera_map)
+        self.video_keys = tuple(self.camera_map[c] for c in config.cameras)
+        self._tokenize = functools.lru_cache(maxsize=4096)(tokenizer.tokenize_one)
+        self._augment = jax.jit(value_augment.augment, static_argnames=("cameras", "config"))
+        self._cpu = jax.devices("cpu")[0]
+
+    def __call__(self, key: SampleKey, images: Arrays, columns: Arrays) -> Sample:
+        cams = self.config.cameras
+        frames = {c: images[self.camera_map[c]][None] for c in cams}
+        uint8, masks = value_preprocess.camera_batch_uint8(frames, cams, self.config.image_size)
+        x = value_preprocess.normalize(uint8)
+        if self.augment:
+            rng = jax.random.wrap_key_data(jax.device_put(key.key_data(AUGMENT_STREAM), self._cpu))
+            x = np.asarray(self._augment(rng, jax.device_put(x, self._cpu), cameras=cams, config=self.augment_config))
+        tokens, token_mask = self._tokenize(str(columns[TASK_KEY][key.frame]))
+        return {
+            "images": x[0],
+            "image_masks": masks[0],
+            "tokens": tokens,
+            "token_mask": token_mask,
+            "value_label": np.float32(np.asarray(columns["value_label"][key.frame]).reshape(())),
+        }
+
+
+class PolicySamples:
+    """pi0.6 policy samples: the raw YAM sample through `transforms.policy_inputs`.
+
+    Raw sample: the 3 cameras at t, observation.state at t, action rows t..t+H-1 (past the episode
+    end the last action repeats, as lerobot's delta_timestamps clamping), prompt = the frame's task,
+    adv_ind at t (pistar models only). The advantage clause is dropped with the config's probability
+    from the sample's own generator.
+    """
+
+    video_keys = tuple(v for k, v in transforms.YAM_REPACK.items() if k.startswith("images/"))
+
+    def __init__(
+        self,
+        config: policy_configs.PolicyConfig,
+        norm_stats: Mapping[str, norm_stats_mod.NormStats],
+        tokenizer: tokenizer_mod.PromptTokenizer,
+    ):
+        if config.adapt_to_pi:
+            raise ValueError(f"PolicySamples: {config.name} sets adapt_to_pi, which the transforms do not support")
+        self.config, self.norm_stats, self.tokenizer = config, norm_stats, tokenizer
+        self.column_keys = ("observation.state", "action") + (("adv_ind",) if config.model.pistar else ())
+        self.dropout = config.adv_ind_dropout_prob if config.adv_ind_dropout else 0.0
+
+    def __call__(self, key: SampleKey, images: Arrays, columns: Arrays) -> Sample:
+        t, actions = key.frame, columns["action"]
+        rows = np.minimum(np.arange(t, t + self.config.model.action_horizon), len(actions) - 1)
+        raw: dict[str, Any] = {k: images[k] for k in self.video_keys}
+        raw["observation.state"], raw["action"] = columns["observation.state"][t], actions[rows]
+        raw["prompt"] = columns[TASK_KEY][t]
+        if "adv_ind" in columns:
+            raw["adv_ind"] = columns["adv_ind"][t]
+        pipeline = transforms.policy_inputs(
+            self.config.model,
+            self.norm_stats,
+            self.tokenizer,
+            default_prompt=self.config.default_prompt,
+            adv_ind_dropout=self.dropout,
+            rng=key.rng(DROPOUT_STREAM) if self.dropout else None,
+            delta_actions=self.config.use_delta_joint_actions,
+        )
+        return pipeline(raw)
+
+
+def stack(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Sample dicts (nested dicts allowed) -> one dict of arrays with a leading batch axis."""
+    out: dict[str, Any] = {}
+    for k, first in samples[0].items():
+        parts = [s[k] for s in samples]
+        out[k] = stack(parts) if isinstance(first, Mapping) else np.stack([np.asarray(p) for p in parts])
+    return out
+
+
+def make_batch(
+    ds: dataset_mod.Dataset, columns: EpisodeColumns, maker: SampleMaker, keys: Sequence[SampleKey]
+) -> dict[str, Any]:
+    """Decode the frames of `keys` (one `frames` call per episode and camera) and stack their samples."""
+    by_episode: dict[int, list[int]] = {}
+    for i, k in enumerate(keys):
+        by_episode.setdefault(k.episode, []).append(i)
+    images: list[dict[str, np.ndarray]] = [{} for _ in keys]
+    for ep, members in by_episode.items():
+        frames = [keys[i].frame for i in members]
+        for video_key in maker.video_keys:
+            try:
+                decoded = ds.frames(ep, video_key, frames)
+            except Exception as err:
+                where = f"frame {frames[0]}" if len(frames) == 1 else f"frames {frames}"
+                raise SampleError(f"{ds.root}: episode {ep}, {where}, {video_key}: {err}") from err
+            for i, image in zip(members, decoded):
+                images[i][video_key] = image
+    samples = []
+    for k, sample_images in zip(keys, images):
+        try:
+            samples.append(maker(k, sample_images, columns.get(k.episode)))
+        except Exception as err:
+            raise SampleError(f"{ds.root}: episode {k.episode}, frame {k.frame}: {err}") from err
+    return stack(samples)

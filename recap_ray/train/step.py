@@ -1,0 +1,117 @@
+"""One jitted training step, shared by the value model and the policy; their losses.
+
+A loss takes (model, rng, batch) and returns (scalar, aux): aux arrays (per-example values for
+histograms) come out with the metrics. The step differentiates it with respect to
+the trainable parameters only, clips and applies AdamW, updates the EMA, and reports loss, grad
+norm, parameter norm and learning rate. Gradient accumulation splits the batch into interleaved
+micro-batches (row i goes to micro-batch i % k), so every micro-batch stays spread over all
+devices and the mean over micro-batches equals the mean over the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from recap_ray.models import value as value_lib
+from recap_ray.models import c51, value_augment
+from recap_ray.train import state as state_lib
+
+Batch = dict[str, Any]
+LossFn = Callable[[nnx.Module, jax.Array, Batch], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def micro_batches(batch: Batch, k: int) -> Batch:
+    """Leading axis B -> (k, B/k) with micro-batch i = rows i, i+k, i+2k, ..."""
+
+    def one(x: jax.Array) -> jax.Array:
+        if x.shape[0] % k:
+            raise ValueError(f"batch of {x.shape[0]} does not split into {k} micro-batches")
+        return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+
+    return jax.tree.map(one, batch)
+
+
+def make_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    loss_fn: LossFn,
+    lr_schedule: optax.Schedule,
+    *,
+    ema_decay: float | None,
+    grad_accum: int = 1,
+) -> Callable[[state_lib.TrainState, Batch], tuple[state_lib.TrainState, dict[str, jax.Array]]]:
+    """The (state, batch) -> (state, metrics) step; jit it with the shardings of the caller's mesh."""
+
+    def loss_and_grad(params: nnx.State, frozen: nnx.State, rng: jax.Array, batch: Batch) -> tuple[Any, Any]:
+        def loss_of(p: nnx.State) -> tuple[jax.Array, dict[str, jax.Array]]:
+            return loss_fn(nnx.merge(graphdef, p, frozen), rng, batch)
+
+        return jax.value_and_grad(loss_of, has_aux=True)(params)
+
+    def step(state: state_lib.TrainState, batch: Batch) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        if grad_accum == 1:
+            (loss, aux), grads = loss_and_grad(state.params, state.frozen, rng, batch)
+        else:
+            def accumulate(carry: Any, xs: tuple[jax.Array, Batch]) -> tuple[Any, dict[str, jax.Array]]:
+                i, micro = xs
+                (loss_i, aux_i), grads_i = loss_and_grad(state.params, state.frozen, jax.random.fold_in(rng, i), micro)
+                return jax.tree.map(jnp.add, carry, (loss_i, grads_i)), aux_i
+
+            zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+            (loss, grads), aux = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum), micro_batches(batch, grad_accum)))
+            loss, grads = jax.tree.map(lambda x: x / grad_accum, (loss, grads))
+            aux = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), aux)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = None if state.ema is None else value_lib.ema_update(state.ema, params, ema_decay)
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),
+            "learning_rate": lr_schedule(state.step),
+            **aux,
+        }
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
+        return new, metrics
+
+    return step
+
+
+def value_loss(cameras: Sequence[str], augment: bool) -> LossFn:
+    """C51 cross-entropy of the value model on {images (B,C,S,S,3) in [-1,1], image_masks, tokens, token_mask, value_label}."""
+
+    def loss(model: nnx.Module, rng: jax.Array, batch: Batch) -> jax.Array:
+        images = batch["images"]
+        if augment:
+            images = value_augment.augment(rng, images, tuple(cameras))
+        logits = model(images, batch["image_masks"], batch["tokens"], batch["token_mask"])
+        values = c51.expected_value(logits, model.config.v_min, model.config.v_max)
+        return c51.cross_entropy(logits, batch["value_label"]), {"values": values}
+
+    return loss
+
+
+def policy_loss(augment: bool) -> LossFn:
+    """pi0.5 flow matching on an openpi observation batch plus `actions` (B, H, D).
+
+    Augmentation (openpi's training preprocessing): non-wrist cameras get crop 95%, resize back,
+    rotate +-5 degrees; every camera gets colour jitter.
+    """
+
+    def loss(model: nnx.Module, rng: jax.Array, batch: Batch) -> jax.Array:
+        aug_rng, loss_rng = jax.random.split(rng)
+        obs = {k: v for k, v in batch.items() if k != "actions"}
+        if augment:
+            names = tuple(sorted(obs["images"]))
+            stacked = jnp.stack([obs["images"][n] for n in names], axis=1)
+            out = value_augment.augment(aug_rng, stacked, names)
+            obs["images"] = {n: out[:, i] for i, n in enumerate(names)}
+        return model.compute_loss(loss_rng, obs, batch["actions"]), {}
+
+    return loss

@@ -1,0 +1,169 @@
+"""What differs between training the value model and the policy, behind one small interface.
+
+A `Task` builds the model with its initial weights, names the trainable parameters, the loss, the
+optimizer, the sample maker, the `params` item consumers load and the assets a checkpoint carries.
+The training loop (`loop.py`) only talks to this interface.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from flax import nnx
+
+from recap_ray import transforms
+from recap_ray.configs import policy as policy_configs
+from recap_ray.data import dataset as dataset_mod
+from recap_ray.data import features as feats
+from recap_ray.data import norm_stats as norm_stats_mod
+from recap_ray.models import checkpoints, value_tokenizer, value_weights, weights
+from recap_ray.models import tokenizer as tokenizer_mod
+from recap_ray.models.value_config import ValueModelConfig
+from recap_ray.train import optim, samples, state as state_lib, step as step_lib
+
+logger = logging.getLogger(__name__)
+
+
+def _init_rngs(seed: int) -> nnx.Rngs:
+    return nnx.Rngs(jax.random.key(seed))
+
+
+@dataclasses.dataclass
+class ValueTask:
+    """pistar's value-model training: C51 on value_label, heads trainable by default, EMA 0.99."""
+
+    config: ValueModelConfig
+    tokenizer_path: Path
+    init: str | None  # overrides config.init_weights when set
+
+    kind = "value"
+
+    @property
+    def ema_decay(self) -> float | None:
+        return self.config.ema_decay
+
+    def optimizer(self, num_steps: int) -> optim.OptimizerConfig:
+        return optim.pistar_value_schedule(self.config.peak_lr, self.config.decay_lr, num_steps)
+
+    def build_model(self) -> nnx.Module:
+        """The model with its initial weights: a bundle, a checkpoint or run, or random."""
+        source = self.init if self.init is not None else self.config.init_weights
+        if source is None:
+            return self.config.create(self.config.seed)
+        if source == "bundle":
+            return value_weights.load_model(self.config)
+        path = Path(source)
+        if checkpoints.is_run_dir(path) or (path / checkpoints.PARAMS_ITEM).is_dir():
+            return value_weights.load_model(self.config, checkpoint=checkpoints.params_dir(checkpoints.resolve(path)), use_ema=True)
+        try:
+            return value_weights.load_model(self.config, checkpoint=path, use_ema=True)
+        except KeyError:
+            return value_weights.load_model(self.config, bundle_dir=path)
+
+    def trainable(self) -> nnx.filterlib.Filter:
+        return self.config.trainable_filter()
+
+    def loss(self) -> step_lib.LossFn:
+        return step_lib.value_loss(self.config.cameras, augment=False)  # the sample maker augments
+
+    def sample_maker(self, ds: dataset_mod.Dataset) -> samples.SampleMaker:
+        tok = value_tokenizer.ValueTokenizer(self.tokenizer_path, self.config.max_token_len)
+        return samples.ValueSamples(self.config, tok, augment=self.config.augment)
+
+    def params_item(self, graphdef: nnx.GraphDef, state: state_lib.TrainState) -> dict[str, Any]:
+        """pistar's value checkpoint: {params, ema_params, step}."""
+        raw = state_lib.full_params(graphdef, state)
+        ema = state_lib.full_params(graphdef, state, ema=True)
+        return {"params": raw, "ema_params": ema, "step": state.step}
+
+    def assets(self, ds: dataset_mod.Dataset) -> dict[str, bytes]:
+        return {checkpoints.TOKENIZER_FILE: self.tokenizer_path.read_bytes()}
+
+
+def delta_action_stats(ds: dataset_mod.Dataset, horizon: int, delta: bool) -> dict[str, norm_stats_mod.NormStats]:
+    """openpi's norm stats for a policy: state, and action chunks (made relative when `delta`) as trained."""
+    running = {"state": norm_stats_mod.RunningStats(), "actions": norm_stats_mod.RunningStats()}
+    mask = np.asarray(transforms.ALOHA_DELTA_MASK)
+    for _, table in ds.iter_episode_tables():
+        state = feats.column_to_numpy(table.column("observation.state")).astype(np.float32)
+        actions = feats.column_to_numpy(table.column("action")).astype(np.float32)
+        rows = np.minimum(np.arange(len(actions))[:, None] + np.arange(horizon)[None], len(actions) - 1)
+        chunks = actions[rows]  # (T, H, D)
+        if delta:
+            n = min(mask.size, chunks.shape[-1])
+            chunks[..., :n] -= np.where(mask[:n], state[:, :n], 0)[:, None, :]
+        running["state"].update(state)
+        running["actions"].update(chunks.reshape(-1, chunks.shape[-1]))
+    return {k: r.result() for k, r in running.items()}
+
+
+@dataclasses.dataclass
+class PolicyTask:
+    """pi0.6 fine-tuning: flow matching, adv_ind in the prompt with dropout, openpi's params/ out."""
+
+    config: policy_configs.PolicyConfig
+    tokenizer_path: Path
+    init: str | None  # overrides config.init_params when set ("none": random)
+    norm_stats_path: Path | None  # openpi norm_stats.json; None computes it from the dataset
+    augment: bool = True
+
+    kind = "policy"
+    _norm_stats: Mapping[str, norm_stats_mod.NormStats] | None = None
+
+    @property
+    def ema_decay(self) -> float | None:
+        return self.config.ema_decay
+
+    def optimizer(self, num_steps: int) -> optim.OptimizerConfig:
+        c = self.config
+        return optim.OptimizerConfig(c.peak_lr, c.decay_lr, c.warmup_steps, c.decay_steps, c.b1, c.b2, c.eps,
+                                     c.weight_decay, c.clip_gradient_norm)  # fmt: skip
+
+    def build_model(self) -> nnx.Module:
+        """pi0.5 with openpi params loaded from an SFT/base `params/` dir or one of our runs."""
+        model = self.config.model.create(_init_rngs(self.config.seed))
+        source = self.init if self.init is not None else self.config.init_params
+        if source is None or source == "none":
+            return model
+        path = Path(source)
+        if path.exists() and (checkpoints.is_run_dir(path) or (path / checkpoints.PARAMS_ITEM).is_dir()):
+            source = str(checkpoints.params_dir(checkpoints.resolve(path)))
+        weights.load_into(model, source)
+        return model
+
+    def trainable(self) -> nnx.filterlib.Filter:
+        return self.config.model.trainable_filter()
+
+    def loss(self) -> step_lib.LossFn:
+        return step_lib.policy_loss(self.augment)
+
+    def norm_stats(self, ds: dataset_mod.Dataset) -> Mapping[str, norm_stats_mod.NormStats]:
+        if self._norm_stats is None:
+            if self.norm_stats_path is not None:
+                self._norm_stats = norm_stats_mod.load(self.norm_stats_path)
+            else:
+                self._norm_stats = delta_action_stats(ds, self.config.model.action_horizon, self.config.use_delta_joint_actions)
+        return self._norm_stats
+
+    def sample_maker(self, ds: dataset_mod.Dataset) -> samples.SampleMaker:
+        tok = tokenizer_mod.PromptTokenizer(self.tokenizer_path, self.config.model.max_token_len)
+        return samples.PolicySamples(self.config, self.norm_stats(ds), tok)
+
+    def params_item(self, graphdef: nnx.GraphDef, state: state_lib.TrainState) -> dict[str, Any]:
+        """openpi's params/ item: the EMA weights when the run keeps them, as openpi saves."""
+        return weights.openpi_item(state_lib.full_params(graphdef, state, ema=True))
+
+    def assets(self, ds: dataset_mod.Dataset) -> dict[str, bytes]:
+        """Norm stats in openpi's assets/<asset_id>/ layout, and the tokenizer."""
+        return {
+            f"{self.config.asset_id}/{checkpoints.NORM_STATS_FILE}": norm_stats_mod.dumps(dict(self.norm_stats(ds))).encode(),
+            checkpoints.TOKENIZER_FILE: self.tokenizer_path.read_bytes(),
+        }
+
+
+Task = ValueTask | PolicyTask

@@ -1,0 +1,66 @@
+"""A tiny YAM-like dataset for training tests: three camera videos, state, action, RECAP columns.
+
+Values are chosen so a test can tell which frame it got: state[t, d] = 100*episode + t + d/100,
+action = state + 0.5; adv_ind cycles positive/negative/none with t + episode; frames are smooth
+gradients that differ by episode, camera and frame.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recap_ray.data import features as feats
+from recap_ray.data import recap_columns, writer
+
+LENGTHS = (7, 5, 9, 3)  # 24 frames; the last episode is shorter than any test action horizon
+HEIGHT, WIDTH = 24, 32
+TASKS = ("hand over the block", "pass the cup to the right")
+
+
+def state(episode: int, length: int) -> np.ndarray:
+    return (100.0 * episode + np.arange(length)[:, None] + np.arange(14)[None] / 100).astype(np.float32)
+
+
+def adv_ind(episode: int, frame: int) -> str:
+    return recap_columns.ADV_VALUES[(frame + episode) % 3]
+
+
+def _frames(length: int, episode: int, camera: int) -> np.ndarray:
+    t = np.arange(length)[:, None, None]
+    y = np.arange(HEIGHT)[None, :, None]
+    x = np.arange(WIDTH)[None, None, :]
+    out = np.zeros((length, HEIGHT, WIDTH, 3), np.uint8)
+    out[..., 0] = (12 * t + 3 * x) % 256
+    out[..., 1] = (50 * episode + 4 * y) % 256
+    out[..., 2] = 70 * camera + 30
+    return out
+
+
+def make_train_dataset(root: Path, version: str = "v3.0") -> Path:
+    """Write the dataset at `root` (episode e succeeds when e is even; task = TASKS[e % 2])."""
+    features = {
+        "observation.state": {"dtype": "float32", "shape": [14], "names": [f"j{i}" for i in range(14)]},
+        "action": {"dtype": "float32", "shape": [14], "names": [f"j{i}" for i in range(14)]},
+        **{cam: {"dtype": "video", "shape": [HEIGHT, WIDTH, 3], "names": ["height", "width", "channels"]}
+           for cam in feats.YAM_CAMERAS},
+        **recap_columns.FEATURES,
+    }  # fmt: skip
+    w = writer.DatasetWriter(root, fps=30, features=features, version=version, robot_type="yam")
+    for ep, n in enumerate(LENGTHS):
+        s = state(ep, n)
+        intervention = (np.arange(n) % 2).astype(np.int64)
+        cols = {"observation.state": s, "action": s + np.float32(0.5)}
+        cols.update({cam: _frames(n, ep, i) for i, cam in enumerate(feats.YAM_CAMERAS)})
+        cols.update(recap_columns.compute(ep % 2 == 0, intervention))
+        cols["adv_ind"] = np.asarray([adv_ind(ep, t) for t in range(n)], dtype=object)
+        w.add_episode(cols, task=TASKS[ep % 2], meta={"success": ep % 2 == 0})
+    return w.finalize()
+
+
+@pytest.fixture(scope="session")
+def train_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root of a v3.0 dataset: 4 episodes (7, 5, 9, 3 frames), 3 cameras 24x32, RECAP columns."""
+    return make_train_dataset(tmp_path_factory.mktemp("train") / "tiny")
