@@ -2,9 +2,13 @@
 
     python -m jobs.bench_data --episodes 8 --frames 150 --height 240 --width 320
 
-Writes a dataset with our writer (lerobot's encoding settings: yuv420p, g=2, crf 30), then times
-random-access and sequential reads of every camera at the same frames, ours in-process and
-lerobot 0.4.4 (`LeRobotDataset.__getitem__`, pyav backend) in its peer venv. Prints a JSON report.
+Writes a dataset with our writer (lerobot's encoding settings: libsvtav1, yuv420p, g=2, crf 30),
+then times random-access and sequential reads of every camera at the same frames, ours in-process
+(`Dataset.frames`, uint8 HWC) and lerobot 0.4.4 in its peer venv (`LeRobotDataset.__getitem__`
+with lerobot's default video backend, one torch thread as in a DataLoader worker; it returns
+float32 CHW in [0, 1]). Ours is also timed with that conversion added (`*_float_chw`). The two
+alternate `repeats` times and the report gives medians of wall time and of CPU time (the steadier
+figure on a shared machine). Prints a JSON report.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ class Config:
     """Random-access samples to time."""
     codec: str = "libsvtav1"
     """Video codec (lerobot's default is libsvtav1)."""
+    repeats: int = 3
+    """Alternating runs of ours and lerobot per mode; medians are reported."""
     seed: int = 0
 
 
@@ -63,24 +69,32 @@ def _make(root: Path, c: Config) -> Path:
     return w.finalize()
 
 
-def _ours(root: Path, pairs: list[tuple[int, int]]) -> float:
+def _as_float_chw(frames: np.ndarray) -> np.ndarray:
+    """What lerobot returns: float32 (N, 3, H, W) in [0, 1]."""
+    return np.ascontiguousarray(frames.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)
+
+
+def _ours(root: Path, pairs: list[tuple[int, int]], float_chw: bool = False) -> tuple[float, float]:
+    """Wall and CPU seconds to read every camera at `pairs`, from a freshly opened dataset."""
     with dataset.open(root) as ds:
         ds.frames(*pairs[0][:1], features.YAM_CAMERAS[0], [pairs[0][1]])
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for ep, f in pairs:
             for cam in features.YAM_CAMERAS:
-                ds.frames(ep, cam, [f])
-        return time.perf_counter() - start
+                frames = ds.frames(ep, cam, [f])
+                if float_chw:
+                    _as_float_chw(frames)
+        return time.perf_counter() - start, time.process_time() - cpu
 
 
-def _lerobot(root: Path, global_idx: np.ndarray, tmp: Path) -> float:
+def _lerobot(root: Path, global_idx: np.ndarray, tmp: Path) -> dict:
     np.save(tmp / "idx.npy", global_idx)
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp), "HF_HOME": str(tmp / "hf"), "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(
         [str(VENVS / "lerobot" / "bin" / "python"), str(PEER), "bench", str(root), str(tmp / "idx.npy")],
         env=env, capture_output=True, text=True, check=True,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(c: Config) -> dict:
@@ -96,14 +110,27 @@ def main(c: Config) -> dict:
         report = {"config": c.__dict__, "results": {}}
         for mode, idx in modes.items():
             pairs = [(int(i) // c.frames, int(i) % c.frames) for i in idx]
-            ours_s = _ours(root, pairs)
-            theirs_s = _lerobot(root, idx, tmp)
+            runs: dict[str, list[tuple[float, float]]] = {"ours": [], "ours_float_chw": [], "lerobot": []}
+            for _ in range(c.repeats):  # alternate, so load changes on a shared machine hit both
+                runs["ours"].append(_ours(root, pairs))
+                runs["ours_float_chw"].append(_ours(root, pairs, float_chw=True))
+                theirs = _lerobot(root, idx, tmp)
+                runs["lerobot"].append((theirs["seconds"], theirs["cpu_seconds"]))
             n = len(idx) * len(features.YAM_CAMERAS)
-            report["results"][mode] = {
-                "ours_frames_per_s": round(n / ours_s, 1),
-                "lerobot_frames_per_s": round(n / theirs_s, 1),
-                "speedup": round(theirs_s / ours_s, 2),
-            }
+            wall = {k: float(np.median([r[0] for r in v])) for k, v in runs.items()}
+            cpu = {k: float(np.median([r[1] for r in v])) for k, v in runs.items()}
+            result = {"lerobot_backend": theirs["backend"]}
+            if "default_backend_unavailable" in theirs:
+                result["lerobot_default_backend_unavailable"] = theirs["default_backend_unavailable"]
+            for k in runs:
+                result[f"{k}_frames_per_s"] = round(n / wall[k], 1)
+            result["speedup"] = round(wall["lerobot"] / wall["ours"], 2)
+            result["speedup_float_chw"] = round(wall["lerobot"] / wall["ours_float_chw"], 2)
+            for k in runs:
+                result[f"{k}_frames_per_cpu_s"] = round(n / cpu[k], 1)
+            result["cpu_speedup"] = round(cpu["lerobot"] / cpu["ours"], 2)
+            result["cpu_speedup_float_chw"] = round(cpu["lerobot"] / cpu["ours_float_chw"], 2)
+            report["results"][mode] = result
         return report
 
 

@@ -42,6 +42,7 @@ class Dataset:
         self._readers: OrderedDict[Path, video.VideoReader] = OrderedDict()
         self._max_open = max_open_videos
         self._timestamps: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._segments: dict[tuple[int, str], video.Segment] = {}  # (episode, key) -> span; metadata only
 
     def __enter__(self) -> Dataset:
         return self
@@ -123,7 +124,9 @@ class Dataset:
         if spec["dtype"] == "image":
             column = self.episode_table(episode).column(key)
             return np.stack([_decode_png(column[int(i)].as_py(), key, episode, int(i)) for i in idx])
-        seg = self.video_segment(episode, key)
+        seg = self._segments.get((episode, key))
+        if seg is None:
+            seg = self._segments[(episode, key)] = self.video_segment(episode, key)
         timestamps = seg.from_s + self._episode_timestamps(episode)[idx]
         try:
             return self._reader(seg.path).frames_at(timestamps)

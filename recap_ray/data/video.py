@@ -230,21 +230,36 @@ def cut(src: Path, from_s: float, to_s: float, dst: Path, fps: int, codec: str =
 class VideoReader:
     """Decode frames by timestamp from one file, keeping the container open between calls.
 
-    A request behind the decoder, or far ahead of it, seeks to the nearest keyframe before the
-    target; a request just ahead continues decoding, so sequential reads never seek.
+    A request behind the decoder, or far ahead of it, seeks; a request just ahead continues
+    decoding, so sequential reads never seek. A seek goes straight to the keyframe of the target
+    frame, found in the container's sample index (the mp4 `stss`/`stts` tables, read once), so a
+    random read decodes only that keyframe and the frames between it and the target. Without an
+    index, or when the index disagrees with the decoded timestamps, it falls back to a
+    conservative seek before `ts - tolerance_s`.
+
+    Decoding is single-threaded and without frame delay by default: for one frame at a time,
+    threads only add latency (and compete with data-loader workers for cores).
     """
 
-    def __init__(self, path: Path, tolerance_s: float = DEFAULT_TOLERANCE_S, threads: bool = True):
+    def __init__(self, path: Path, tolerance_s: float = DEFAULT_TOLERANCE_S, threads: bool = False):
         self.path = Path(path)
         self.tolerance_s = tolerance_s
         self._container = _open(self.path)
         self._stream = self._container.streams.video[0]
+        ctx = self._stream.codec_context
         if threads:
             self._stream.thread_type = "AUTO"
-        if self._stream.codec_context.name == "libdav1d":
+        else:
+            ctx.thread_count = 1
+        if ctx.name == "libdav1d":
             # dav1d holds frames back for frame threading; a seek then costs extra decodes.
-            self._stream.codec_context.options = {"max_frame_delay": "1"}
+            ctx.options = {"max_frame_delay": "1"}
         self._tb = float(self._stream.time_base)
+        # Sample timestamps from the index and the positions of the keyframes among them.
+        self._index_ts, self._keyframes = _index(self._stream)
+        # One SwsContext per file, single-threaded: creating one per frame (what
+        # `VideoFrame.to_ndarray` does) starts a thread pool each time.
+        self._reformatter = av.video.reformatter.VideoReformatter()
         self._frames = None  # active decode iterator
         self._last: tuple[float, np.ndarray] | None = None
         self._seek_ahead_s = 1.0
@@ -252,13 +267,32 @@ class VideoReader:
     def close(self) -> None:
         self._container.close()
 
-    def _restart(self, ts: float) -> None:
+    def _position(self, ts: float) -> int:
+        """Index of the last sample at or before the latest time a frame matching `ts` may have."""
+        return max(int(np.searchsorted(self._index_ts, (ts + self.tolerance_s) / self._tb, side="right")) - 1, 0)
+
+    def _keyframe_before(self, position: int) -> int:
+        """Index of the last keyframe sample at or before sample `position`."""
+        return int(self._keyframes[max(int(np.searchsorted(self._keyframes, position, side="right")) - 1, 0)])
+
+    def _must_seek(self, ts: float, last_ts: float) -> bool:
+        """Whether reaching `ts` from the frame at `last_ts` is cheaper by seeking than decoding on."""
+        if ts < last_ts - self.tolerance_s:
+            return True
+        if self._keyframes is None:
+            return ts > last_ts + self._seek_ahead_s
+        # Decoding on passes every frame up to the target; a seek decodes from its keyframe.
+        return self._keyframe_before(self._position(ts)) > self._position(last_ts) + 1
+
+    def _restart(self, ts: float, exact: bool = True) -> None:
         offset = int(max(ts - self.tolerance_s, 0.0) / self._tb)
+        if exact and self._keyframes is not None:
+            offset = int(self._index_ts[self._keyframe_before(self._position(ts))])
         self._container.seek(offset, stream=self._stream, backward=True, any_frame=False)
         self._frames = self._container.decode(self._stream)
         self._last = None
 
-    def _next(self) -> tuple[float, np.ndarray] | None:
+    def _next(self) -> tuple[float, av.VideoFrame] | None:
         try:
             frame = next(self._frames)
         except StopIteration:
@@ -267,12 +301,8 @@ class VideoReader:
             raise VideoError(f"{self.path}: corrupt video data ({err})") from err
         return frame.pts * self._tb, frame
 
-    def _frame_at(self, ts: float) -> np.ndarray:
-        last = self._last
-        if self._frames is None or last is None or ts < last[0] - self.tolerance_s or ts > last[0] + self._seek_ahead_s:
-            self._restart(ts)
-            last = None
-        best = last
+    def _decode_to(self, ts: float, best: tuple[float, object] | None) -> tuple[float, object] | None:
+        """Decode forward until a frame at or past `ts - tolerance_s`; the one closest to `ts`."""
         while best is None or best[0] < ts - self.tolerance_s:
             item = self._next()
             if item is None:
@@ -280,11 +310,25 @@ class VideoReader:
             if best is None or abs(item[0] - ts) <= abs(best[0] - ts):
                 best = item
             self._last = item
+        return best
+
+    def _frame_at(self, ts: float) -> np.ndarray:
+        last = self._last
+        best = None
+        if self._frames is None or last is None or self._must_seek(ts, last[0]):
+            self._restart(ts)
+            best = self._decode_to(ts, None)
+            if best is None or best[0] > ts + self.tolerance_s:
+                # The index pointed past the target (timestamps there are not the frames' pts).
+                self._restart(ts, exact=False)
+                best = self._decode_to(ts, None)
+        else:
+            best = self._decode_to(ts, last)
         if best is None or abs(best[0] - ts) >= self.tolerance_s:
             got = "no frame" if best is None else f"nearest frame at {best[0]:.6f}s"
             raise FrameTimestampError(f"{self.path}: no frame within {self.tolerance_s}s of {ts:.6f}s ({got})")
         if not isinstance(best[1], np.ndarray):
-            best = (best[0], best[1].to_ndarray(format="rgb24"))
+            best = (best[0], self._reformatter.reformat(best[1], format="rgb24", threads=1).to_ndarray())
             if self._last is not None and self._last[0] == best[0]:
                 self._last = best
         return best[1]
@@ -296,3 +340,21 @@ class VideoReader:
         for i in order:
             out[i] = self._frame_at(float(timestamps[i]))
         return np.stack(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+
+
+def _index(stream: av.video.stream.VideoStream) -> tuple[np.ndarray, np.ndarray | None]:
+    """Sample timestamps of the container's index (read without decoding) and the positions of
+    the keyframes among them; keyframes None when the index is empty or unordered.
+
+    These are decode timestamps; with reordered frames they may differ from the pts, which
+    `VideoReader` detects on the first decoded frame and then seeks conservatively.
+    """
+    try:
+        entries = stream.index_entries
+        ts = np.fromiter((e.timestamp for e in entries), np.int64, len(entries))
+        key = np.fromiter((e.is_keyframe for e in entries), bool, len(entries))
+    except (AttributeError, av.error.FFmpegError):
+        return np.zeros(0, np.int64), None
+    if not key.any() or (len(ts) > 1 and not (np.diff(ts) > 0).all()):
+        return ts, None
+    return ts, np.flatnonzero(key)

@@ -40,7 +40,45 @@ def test_random_access_seeks_instead_of_decoding_from_start(clip):
 
     reader._next = counting
     reader.frames_at([230 / 30])
-    assert len(decoded) <= 3  # keyframe every 2 frames: at most a keyframe and one more
+    assert len(decoded) == 1  # frame 230 is a keyframe (every 2 frames): the index seeks right to it
+    decoded.clear()
+    reader.frames_at([101 / 30])
+    assert len(decoded) == 2  # keyframe 100, then 101
+
+
+def test_sequential_reads_do_not_seek(clip):
+    path, n = clip
+    reader = video.VideoReader(path)
+    seeks = []
+    original = reader._restart
+    reader._restart = lambda ts, exact=True: (seeks.append(ts), original(ts, exact))
+    for k in range(0, 60):
+        reader.frames_at([k / 30])
+    assert len(seeks) == 1
+
+
+def test_seek_landing_past_the_target_falls_back_to_a_conservative_seek(clip):
+    # As with reordered frames, where index (decode) timestamps and seeks disagree with pts.
+    path, n = clip
+    expected = video.VideoReader(path).frames_at(np.arange(n) / 30)
+    reader = video.VideoReader(path)
+    inner, keyframe_ts = reader._container, set(reader._index_ts.tolist())
+    step = int(reader._index_ts[1])
+
+    class Overshooting:
+        def seek(self, offset, **kw):  # index-guided seeks land 3 frames late
+            return inner.seek(offset + 3 * step if offset in keyframe_ts else offset, **kw)
+
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+    reader._container = Overshooting()
+    restarts = []
+    original = reader._restart
+    reader._restart = lambda ts, exact=True: (restarts.append(exact), original(ts, exact))
+    idx = np.array([200, 57, 13, 120])
+    np.testing.assert_array_equal(reader.frames_at(idx / 30), expected[idx])
+    assert restarts.count(False) == len(idx)  # every index-guided seek overshot and was redone
 
 
 def test_timestamp_outside_tolerance_is_an_error(clip):

@@ -60,19 +60,36 @@ def write(root: str) -> None:
 
 
 def bench(root: str, indices: str) -> None:
+    """Time `LeRobotDataset.__getitem__` as a training data-loader worker runs it: lerobot's own
+    default video backend (torchcodec when it loads, else pyav) and one torch thread (PyTorch's
+    DataLoader sets that in every worker). Prints wall and CPU seconds and the backend used."""
     import json
     import time
 
+    import torch
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.datasets.video_utils import get_safe_default_codec
 
-    ds = LeRobotDataset("recap_ray/bench", root=root, video_backend="pyav")
+    torch.set_num_threads(1)
+    backend, unavailable = get_safe_default_codec(), None
+    if backend == "torchcodec":
+        try:
+            import torchcodec.decoders  # noqa: F401 - loads the FFmpeg libraries torchcodec needs
+        except Exception as err:  # torchcodec raises a bare RuntimeError/OSError without system FFmpeg
+            lines = str(err).splitlines()
+            why = next((line.strip() for line in lines if "cannot open shared object" in line), lines[0] if lines else repr(err))
+            backend, unavailable = "pyav", f"torchcodec does not load: {why[:200]}"
+    ds = LeRobotDataset("recap_ray/bench", root=root, video_backend=backend)
     idx = np.load(indices)
     ds[int(idx[0])]  # warm-up: parquet cache and imports
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for i in idx:
         ds[int(i)]
-    seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "samples": len(idx), "cameras": len(ds.meta.video_keys)}))
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    report = {"seconds": seconds, "cpu_seconds": cpu_seconds, "samples": len(idx), "cameras": len(ds.meta.video_keys), "backend": backend}
+    if unavailable:
+        report["default_backend_unavailable"] = unavailable
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":
