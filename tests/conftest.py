@@ -38,37 +38,11 @@ def _no_network():
     socket.socket.connect = original  # type: ignore[method-assign]
 
 
-_SPM_CORPUS = """\
-Task: pick up the red block and hand it over, State: 12 200 31 7 0 255;
-Action: move the left arm to the object then close the gripper
-Advantage: positive Advantage: negative Advantage: none
-fold the towel, pour the water, open the drawer, place the cup on the plate
-the robot passes the object from the left gripper to the right gripper
-0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 64 100 128 191 254 255
-""" * 40
-
-
 def train_sentencepiece(path_prefix: Path, vocab_size: int = 400) -> Path:
     """Train a tiny sentencepiece model with PaliGemma/Gemma special ids (pad 0, eos 1, bos 2, unk 3)."""
-    import sentencepiece as spm
+    from recap_ray import demo_assets
 
-    corpus = path_prefix.with_suffix(".txt")
-    corpus.write_text(_SPM_CORPUS)
-    spm.SentencePieceTrainer.train(
-        input=str(corpus),
-        model_prefix=str(path_prefix),
-        vocab_size=vocab_size,
-        model_type="bpe",
-        pad_id=0,
-        eos_id=1,
-        bos_id=2,
-        unk_id=3,
-        byte_fallback=True,
-        character_coverage=1.0,
-        num_threads=1,
-        minloglevel=2,
-    )
-    return path_prefix.with_suffix(".model")
+    return demo_assets.tokenizer(path_prefix, vocab_size)
 
 
 @pytest.fixture(scope="session")

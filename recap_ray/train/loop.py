@@ -154,7 +154,7 @@ def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
                 ctx.report(metrics)
                 if lead:
-                    run_record.update(job.run_dir, step=done)
+                    run_record.update(job.run_dir, step=done, metrics=metrics)
                 window_start, window_steps = time.perf_counter(), 0
             stop = ctx.should_stop()
             if done % save_interval == 0 or done == num_steps or stop:

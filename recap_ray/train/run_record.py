@@ -2,7 +2,7 @@
 
 Fields: kind, config, dataset, dataset_fingerprint, init, global_batch, num_steps, step (the last
 finished step), restarts (worker-group restarts after a failure within one job), checkpoints (the
-saved steps), status (running / finished / preempted / failed), world_size, session (the job
+saved steps), status (running / finished / preempted), world_size, metrics (the last logged), session (the job
 invocation), updated (UTC time).
 """
 
