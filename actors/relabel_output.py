@@ -1,0 +1,168 @@
+"""The end of a relabel (no Ray): label from per-frame values, publish the new version, report.
+
+The new version is the source with `adv_ind` relabelled and two float32 columns added, `value`
+(V per frame) and `advantage` (raw N-step advantage), written through `versions.derive` (staging
+directory + one rename); its lineage records the checkpoint, N, the ratio, the rule, the scope and
+the threshold of every task. Plots go to `<log_dir>/plots/*.png` and `<log_dir>/tensorboard/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from recap_ray.data import dataset as dataset_mod
+from recap_ray.data import features as feats
+from recap_ray.data import meta as meta_mod
+from recap_ray.data import recap_columns, versions
+from recap_ray.recap import labels, plots, relabel, threshold
+
+logger = logging.getLogger(__name__)
+
+FEATURES: dict[str, dict] = {
+    "value": {"dtype": "float32", "shape": [1], "names": ["value"]},
+    "advantage": {"dtype": "float32", "shape": [1], "names": ["advantage"]},
+    "adv_ind": recap_columns.FEATURES["adv_ind"],
+}
+_NEEDED = ("reward", "reward_label", "intervention", "task_index")
+
+
+def check_source(ds: dataset_mod.Dataset) -> None:
+    """Raise unless the dataset has the RECAP columns labelling reads."""
+    missing = [c for c in recap_columns.COLUMNS if c not in ds.features]
+    if missing:
+        raise meta_mod.DatasetError(f"{ds.root}: no RECAP columns {missing}; run `python -m jobs.prepare` first")
+
+
+def episode_input(ds: dataset_mod.Dataset, episode: int, values: np.ndarray) -> relabel.Episode:
+    """Labelling inputs of one episode; success = reward 1 at its last frame (spec recap.md §1)."""
+    table = ds.episode_table(episode)
+    cols = {k: feats.column_to_numpy(table.column(k)).reshape(-1) for k in _NEEDED}
+    v = np.asarray(values, np.float32).reshape(-1)
+    if v.size != table.num_rows:
+        raise ValueError(f"{ds.root}, episode {episode}: {v.size} values for {table.num_rows} frames")
+    return relabel.Episode(
+        values=v,
+        rewards=cols["reward_label"],
+        intervention=cols["intervention"],
+        task_index=cols["task_index"],
+        success=bool(cols["reward"][-1] > 0),
+    )
+
+
+def stored_values(ds: dataset_mod.Dataset) -> dict[int, np.ndarray]:
+    """The `value` column of every episode of a relabelled dataset."""
+    if "value" not in ds.features:
+        raise meta_mod.DatasetError(f"{ds.root}: no 'value' column; relabel it first (`python -m jobs.relabel`)")
+    return {ep.index: ds.column(ep.index, "value").astype(np.float32).reshape(-1) for ep in ds.meta.episodes}
+
+
+def threshold_table(result: relabel.Result, tasks: list[str]) -> list[dict[str, Any]]:
+    """Thresholds for the lineage: one entry per task (or one for all tasks)."""
+    return [
+        {"task_index": None if k == threshold.GLOBAL else k, "task": "all tasks" if k == threshold.GLOBAL else tasks[k], "threshold": thr}
+        for k, thr in sorted(result.thresholds.items())
+    ]
+
+
+def publish(
+    source: str | Path,
+    output: str | Path,
+    values: Mapping[int, np.ndarray],
+    settings: relabel.Settings,
+    params: dict[str, Any],
+    log_dir: str | Path | None = None,
+    plot_episodes: int = 6,
+) -> tuple[Path, relabel.Result]:
+    """Label every episode from `values`, write `output` as a new version of `source`, then report."""
+    with dataset_mod.open(source) as ds:
+        check_source(ds)
+        missing = [ep.index for ep in ds.meta.episodes if ep.index not in values]
+        if missing:
+            raise ValueError(f"{source}: no values for episodes {missing[:10]}")
+        episodes = {ep.index: episode_input(ds, ep.index, values[ep.index]) for ep in ds.meta.episodes}
+        tasks = list(ds.meta.tasks)
+    result = relabel.label(episodes, settings)
+    summary = result.summary(episodes)
+    logger.info("thresholds %s; %s", result.thresholds, summary)
+
+    def transform(index: int, table: pa.Table, ep: meta_mod.Episode) -> pa.Table:
+        new = {"value": episodes[index].values, "advantage": result.advantages[index], "adv_ind": result.adv_ind[index]}
+        for name, column in new.items():
+            arr = feats.to_arrow(name, FEATURES[name], column, table.num_rows)
+            if name in table.column_names:
+                table = table.set_column(table.column_names.index(name), name, arr)
+            else:
+                table = table.append_column(name, arr)
+        return table
+
+    lineage = {
+        **params,
+        "lookahead": settings.lookahead,
+        "positive_ratio": settings.positive_ratio,
+        "rule": settings.rule,
+        "threshold_scope": settings.scope,
+        "thresholds": threshold_table(result, tasks),
+        "summary": summary,
+    }
+    out = versions.derive(source, output, transform, change="relabel: value, advantage, adv_ind", params=lineage, new_features=FEATURES)
+    if log_dir is not None:
+        report(Path(log_dir), episodes, result, tasks, plot_episodes)
+    return out, result
+
+
+def report(log_dir: Path, episodes: Mapping[int, relabel.Episode], result: relabel.Result, tasks: list[str], sample: int) -> dict[str, Path]:
+    """PNGs (value curves, advantage histogram, positive fraction) and the same in TensorBoard."""
+    order = sorted(episodes)
+    picks = sorted({order[int(i)] for i in np.linspace(0, len(order) - 1, min(sample, len(order)))})
+    curves = [
+        (f"episode {e} ({'success' if episodes[e].success else 'failure'})", episodes[e].values, episodes[e].intervention)
+        for e in picks
+    ]
+    pooled = np.concatenate([result.advantages[e][labels.pooled(episodes[e].intervention)] for e in order])
+    named = {("all tasks" if k == threshold.GLOBAL else f"{k} {tasks[k][:24]}"): thr for k, thr in sorted(result.thresholds.items())}
+    fractions = {e: result.positive_fraction(e) for e in order}
+    images = {"value_curves": plots.value_curves(curves), "positive_fraction": plots.positive_fraction(fractions)}
+    if pooled.size:
+        images["advantage_histogram"] = plots.advantage_histogram(pooled, named)
+    written = {}
+    (log_dir / "plots").mkdir(parents=True, exist_ok=True)
+    for name, image in images.items():
+        written[name] = log_dir / "plots" / f"{name}.png"
+        written[name].write_bytes(plots.png(image))
+    scalars = {f"relabel/threshold/{name}": thr for name, thr in named.items()}
+    auto = result.summary(episodes)["autonomous_positive_fraction"]
+    if auto is not None:
+        scalars["relabel/autonomous_positive_fraction"] = float(auto)
+    write_tensorboard(log_dir / "tensorboard", images, scalars, {"relabel/advantage": pooled} if pooled.size else {})
+    logger.info("relabel plots in %s", log_dir)
+    return written
+
+
+def write_tensorboard(
+    directory: Path, images: Mapping[str, np.ndarray], scalars: Mapping[str, float], histograms: Mapping[str, np.ndarray]
+) -> None:
+    """One TensorBoard event file at step 0 (tensorboard's own writer and protos, no TensorFlow)."""
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    values = [summary_pb2.Summary.Value(tag=tag, simple_value=float(v)) for tag, v in scalars.items()]
+    for tag, image in images.items():
+        h, w = image.shape[:2]
+        values.append(summary_pb2.Summary.Value(tag=f"relabel/{tag}", image=summary_pb2.Summary.Image(
+            height=h, width=w, colorspace=3, encoded_image_string=plots.png(image))))
+    for tag, data in histograms.items():
+        x = np.asarray(data, np.float64)
+        counts, edges = np.histogram(x, bins=60)
+        values.append(summary_pb2.Summary.Value(tag=tag, histo=summary_pb2.HistogramProto(
+            min=float(x.min()), max=float(x.max()), num=float(x.size), sum=float(x.sum()),
+            sum_squares=float(np.sum(x**2)), bucket_limit=edges[1:].tolist(), bucket=counts.astype(float).tolist())))
+    writer = EventFileWriter(str(directory))
+    writer.add_event(event_pb2.Event(summary=summary_pb2.Summary(value=values), wall_time=time.time(), step=0))
+    writer.close()

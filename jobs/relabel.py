@@ -1,0 +1,192 @@
+"""python -m jobs.relabel --dataset D --value-ckpt C --output O --lookahead 50 --positive-ratio 0.3 [--num-actors N --gpus-per-actor G --batch-size B]
+
+Relabel a dataset with a trained value model: V per frame by Ray Data inference over GPU actors,
+N-step advantages, a percentile threshold over autonomous frames (per task by default; `--compat
+pistar` reproduces pistar's labels: bootstrap 0 past the end, one global threshold), interventions
+positive. Writes O as a new version with `adv_ind` relabelled and `value`, `advantage` kept; plots
+and TensorBoard under `O.relabel/` (or `--log-dir`). Resumable: finished episodes' values are kept
+in `O.relabel/work/` and a rerun infers only the rest. Submit to a cluster with
+`ray job submit --working-dir . -- python -m jobs.relabel ...` (paths must be shared storage).
+`--value-ckpt` is a training run directory (its latest checkpoint) or one checkpoint directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+import tqdm
+
+from actors import relabel as relabel_actors
+from actors import relabel_output, relabel_store
+from jobs import cli
+from recap_ray.configs import registry
+from recap_ray.data import dataset as dataset_mod
+from recap_ray.data import versions
+from recap_ray.models import checkpoints
+from recap_ray.recap import advantage, relabel, threshold
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    dataset: Path
+    """Source dataset with the RECAP columns (only read)."""
+    value_ckpt: Path
+    """Value training run directory (latest checkpoint) or one checkpoint (step) directory."""
+    output: Path
+    """New dataset version; must not exist."""
+    lookahead: int = 50
+    """N of the N-step advantage."""
+    positive_ratio: float = 0.3
+    """Share of autonomous frames labelled positive (ties go positive)."""
+    threshold_scope: Literal["task", "global"] | None = None
+    """One threshold per task or one global; default per task, global under --compat pistar."""
+    compat: Literal["recap", "pistar"] = "recap"
+    """recap: a failure is charged past the episode's end; pistar: bootstrap 0, pistar's labels exactly."""
+    num_actors: int = 1
+    """Value actors (GPU model replicas)."""
+    gpus_per_actor: float | None = None
+    """GPUs per actor; default 1 when the cluster has GPUs, else 0 (CPU)."""
+    batch_size: int = 64
+    """Frames per model call; episodes are cut in chunks of this size, padded."""
+    config: str | None = None
+    """Registered value-model config; default the checkpoint's run.json."""
+    tokenizer: Path | None = None
+    """Sentencepiece model; default the checkpoint's assets/tokenizer.model."""
+    use_ema: bool = True
+    """Use the checkpoint's EMA params."""
+    dtype: str | None = "bfloat16"
+    """Inference dtype; None for pistar's mixed precision (f32 Gemma, bf16 SigLIP)."""
+    base_camera: str = "observation.images.head_camera"
+    """Dataset camera fed as base_0_rgb."""
+    wrist_camera: str | None = "observation.images.left_wrist_camera"
+    """Dataset camera fed as wrist_0_rgb (None: masked, as pistar without a wrist image)."""
+    right_wrist_camera: str | None = None
+    """Dataset camera fed as right_wrist_0_rgb, for configs with that camera."""
+    log_dir: Path | None = None
+    """Plots and TensorBoard; default <output>.relabel."""
+    plot_episodes: int = 6
+    """Episodes whose value curves are plotted."""
+    keep_work: bool = False
+    """Keep the per-episode values in <output>.relabel/work after publishing."""
+
+
+def init_ray() -> None:
+    """Join the cluster in $RAY_ADDRESS (ray job submit), else start an embedded one without token auth."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init()
+
+
+def settings(lookahead: int, positive_ratio: float, compat: str, scope: str | None) -> relabel.Settings:
+    """Labelling settings; the scope defaults to pistar's global under compat pistar, else per task."""
+    if compat not in advantage.RULES:
+        raise ValueError(f"--compat {compat!r} not in {advantage.RULES}")
+    threshold.percent(positive_ratio)  # range check before any work
+    return relabel.Settings(lookahead, positive_ratio, compat, scope or ("global" if compat == "pistar" else "task"))
+
+
+def resolve_checkpoint(config: Config) -> tuple[Path, str, Path | None]:
+    """(step dir, value config name, tokenizer) of `--value-ckpt`."""
+    step = checkpoints.resolve(config.value_ckpt)
+    info = checkpoints.run_info(step) or {}
+    name = config.config or info.get("config")
+    if name is None:
+        raise ValueError(f"{step}: a loose checkpoint (no run.json); pass --config with its value-model config")
+    registry.get(name)
+    tokenizer = config.tokenizer
+    if tokenizer is None and checkpoints.tokenizer_file(step).is_file():
+        tokenizer = checkpoints.tokenizer_file(step)
+    return step, name, tokenizer
+
+
+def inference_spec(config: Config, params: Path, name: str, tokenizer: Path | None) -> relabel_actors.InferenceSpec:
+    """What every decode task and value actor is given."""
+    model_cameras = registry.get(name).cameras
+    mapping = {"base_0_rgb": config.base_camera, "wrist_0_rgb": config.wrist_camera, "right_wrist_0_rgb": config.right_wrist_camera}
+    cameras = tuple((c, mapping[c]) for c in model_cameras if mapping.get(c) is not None)
+    extra = [c for c, key in mapping.items() if key is not None and c not in model_cameras]
+    if extra or not cameras:
+        raise ValueError(f"value config {name!r} takes cameras {model_cameras}; cannot feed {extra or 'none'}")
+    with dataset_mod.open(config.dataset) as ds:
+        unknown = [key for _, key in cameras if key not in ds.meta.features]
+        if unknown:
+            raise ValueError(f"{config.dataset}: no camera {unknown}; cameras are {ds.meta.video_keys}")
+    return relabel_actors.InferenceSpec(
+        dataset=str(config.dataset.resolve()), config=name, params=str(params.resolve()),
+        tokenizer=None if tokenizer is None else str(Path(tokenizer).resolve()),
+        cameras=cameras, batch_size=config.batch_size, dtype=config.dtype, use_ema=config.use_ema,
+    )  # fmt: skip
+
+
+def resources(config: Config) -> relabel_actors.Resources:
+    gpus = config.gpus_per_actor
+    if gpus is None:
+        import ray
+
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    return relabel_actors.Resources(num_actors=config.num_actors, gpus_per_actor=gpus)
+
+
+def infer_values(config: Config, spec: relabel_actors.InferenceSpec, store: relabel_store.ValueStore) -> None:
+    """Values of every episode not yet in `store`, saved as each episode completes."""
+    with dataset_mod.open(config.dataset) as ds:
+        lengths = [(ep.index, ep.length) for ep in ds.meta.episodes]
+    todo = [(e, n) for e, n in lengths if not store.has(e, n)]
+    done = sum(n for _, n in lengths) - sum(n for _, n in todo)
+    logger.info("relabel: %d of %d episodes to infer (%d frames already done)", len(todo), len(lengths), done)
+    if not todo:
+        return
+    init_ray()
+    with tqdm.tqdm(total=sum(n for _, n in lengths), initial=done, unit="frame", desc="value inference") as bar:
+        for e, values in relabel_actors.infer(spec, todo, resources(config)):
+            store.save(e, values)
+            bar.update(values.size)
+
+
+def main(config: Config) -> Path:
+    """Infer (or reuse) values, label, publish the new version; returns its path."""
+    if config.output.exists():
+        raise FileExistsError(f"{config.output}: already exists; versions are never overwritten")
+    labelling = settings(config.lookahead, config.positive_ratio, config.compat, config.threshold_scope)
+    step, name, tokenizer = resolve_checkpoint(config)
+    params = checkpoints.params_dir(step)
+    spec = inference_spec(config, params, name, tokenizer)
+    parts = {
+        "source": versions.fingerprint(config.dataset),
+        "checkpoint": relabel_store.tree_key(params),
+        "tokenizer": None if tokenizer is None else relabel_store.tree_key(tokenizer),
+        **{k: v for k, v in dataclasses.asdict(spec).items() if k not in ("dataset", "params", "tokenizer")},
+    }
+    store = relabel_store.ValueStore(config.output, relabel_store.work_key(parts), parts)
+    infer_values(config, spec, store)
+    with dataset_mod.open(config.dataset) as ds:
+        values = {ep.index: store.load(ep.index) for ep in ds.meta.episodes}
+    lineage = {
+        "value_checkpoint": str(step.resolve()),
+        "value_checkpoint_key": parts["checkpoint"],
+        "value_config": name,
+        "use_ema": config.use_ema,
+        "dtype": config.dtype,
+        "batch_size": config.batch_size,
+        "cameras": dict(spec.cameras),
+    }
+    log_dir = config.log_dir or relabel_store.side_dir(config.output)
+    out, _ = relabel_output.publish(config.dataset, config.output, values, labelling, lineage, log_dir, config.plot_episodes)
+    if not config.keep_work:
+        store.remove()
+    logger.info("relabelled %s -> %s", config.dataset, out)
+    return out
+
+
+if __name__ == "__main__":
+    print(main(cli.parse(Config, __doc__)))
