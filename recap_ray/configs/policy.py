@@ -112,3 +112,24 @@ PI06_TINY, PI06_TINY_INFER = _pair(
     save_interval=1,
     keep_period=1,
 )
+
+# The simulated handover task (demo and closed-loop checks): the tiny model with room for the
+# prompt plus 14 state tokens, and a schedule for a few hundred steps on CPU.
+PI06_SIM, PI06_SIM_INFER = _pair(
+    "pi06_sim",
+    model=dataclasses.replace(TINY_MODEL, max_token_len=128),
+    repo_id="local/sim_handover",
+    init_params=None,
+    assets_dir="./assets",
+    batch_size=8,
+    num_workers=0,
+    num_train_steps=300,
+    ema_decay=None,
+    peak_lr=5e-4,
+    warmup_steps=20,
+    decay_steps=1000,
+    decay_lr=5e-5,
+    log_interval=10,
+    save_interval=100,
+    keep_period=100,
+)

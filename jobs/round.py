@@ -1,0 +1,213 @@
+"""python -m jobs.round --config ROUND.yaml --output DIR   (or: --demo --output DIR)
+
+One RECAP round: data (merge new rollouts with the previous round's data, add the RECAP columns),
+value model, relabel, policy fine-tune (from the SFT checkpoint or the previous round's policy),
+then serve the policy and evaluate it in closed loop on the simulated task. Stages are recorded in
+DIR/round.json; a crashed round resumes from the last finished stage; every stage writes new
+directories under DIR and never touches its inputs. `skip_value: true` trains on the labels the data
+already carries (pistar's Stage 3: interventions positive, the rest none), the right first round on
+small data. `--demo` generates the simulated task's data and runs every stage with tiny models on a
+local Ray, including an SFT baseline, and ends with the success-rate table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jobs import cli, evaluate, make_dataset, merge, prepare, relabel, serve, train_policy, train_value, training
+from recap_ray import manifest as manifest_lib
+from recap_ray.data import dataset as dataset_mod
+from recap_ray.data import recap_columns
+from recap_ray.serve import app_config
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundConfig:
+    """What one round does; the YAML file holds these fields."""
+
+    sources: tuple[str, ...] = ()  # new LeRobot datasets (rollouts with corrections) for this round
+    previous_round: str | None = None  # previous round's DIR: its data is merged in, its policy is the init
+    sft_checkpoint: str | None = None  # initial policy when there is no previous round (openpi params/ or a run)
+    policy_config: str = "pi06_yam_vial_30fps_lora_from_sft_recap"  # registered policy config
+    value_config: str = "value"  # registered value-model config
+    tokenizer: str | None = None  # PaliGemma sentencepiece model for the policy
+    value_tokenizer: str | None = None  # Gemma3 sentencepiece model for the value model
+    skip_value: bool = False  # train on the data's own labels (no value model, no relabel)
+    value_steps: int | None = None  # default: the config's
+    policy_steps: int | None = None  # default: the config's
+    batch_size: int | None = None  # global batch of both trainings (default: the configs')
+    lookahead: int = 50  # N of the N-step advantage
+    positive_ratio: float = 0.3  # fraction of autonomous frames labelled positive
+    num_workers: int = 1  # training workers (hosts)
+    gpus_per_worker: int = 0  # GPUs per training worker
+    num_actors: int = 1  # value-inference actors
+    gpus_per_actor: float | None = None  # GPUs per actor
+    eval_episodes: int = 0  # closed-loop episodes on the simulated task (0: no evaluation)
+    eval_baseline: str | None = None  # checkpoint evaluated beside the new policy (default: the init policy)
+    serve_port: int = 8000  # port of the evaluation endpoint
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> "RoundConfig":
+        raw = yaml.safe_load(path.read_text()) or {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown round fields {unknown}; known: {sorted(known)}")
+        if "sources" in raw:
+            raw["sources"] = tuple(raw["sources"])
+        return cls(**raw)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    output: Path
+    """Round directory (round.json and every stage's outputs)."""
+    config: Path | None = None
+    """Round YAML (fields of RoundConfig)."""
+    demo: bool = False
+    """Generate the simulated task's data and run a whole round with tiny models, SFT vs RECAP."""
+
+
+def _has_recap_columns(path: Path) -> bool:
+    with dataset_mod.open(path) as ds:
+        return all(c in ds.features for c in recap_columns.COLUMNS)
+
+
+def data_stage(rc: RoundConfig, out: Path) -> dict[str, Any]:
+    sources = [Path(s) for s in rc.sources]
+    if rc.previous_round:
+        previous = json.loads((Path(rc.previous_round) / manifest_lib.FILE).read_text())
+        sources.insert(0, Path(previous["stages"]["data"]["outputs"]["dataset"]))
+    if not sources:
+        raise ValueError("a round needs data: set `sources` or `previous_round`")
+    merged = sources[0] if len(sources) == 1 else merge.main(merge.Config(sources=tuple(sources), output=out / "data_merged"))
+    dataset = merged if _has_recap_columns(merged) else prepare.main(prepare.Config(input=merged, output=out / "data"))
+    return {"outputs": {"dataset": str(dataset)}}
+
+
+def train_stage(kind: str, rc: RoundConfig, dataset: str, run_dir: Path, init: str | None) -> dict[str, Any]:
+    common = dict(dataset=Path(dataset), run_dir=str(run_dir), num_workers=rc.num_workers, gpus_per_worker=rc.gpus_per_worker,
+                  batch_size=rc.batch_size, init=init)  # fmt: skip
+    if kind == "value":
+        config = training.Config(config=rc.value_config, tokenizer=Path(rc.value_tokenizer) if rc.value_tokenizer else None,
+                                 num_steps=rc.value_steps, **common)  # fmt: skip
+        record = train_value.main(config)
+    else:
+        config = train_policy.Config(config=rc.policy_config, tokenizer=Path(rc.tokenizer) if rc.tokenizer else None,
+                                     num_steps=rc.policy_steps, **common)  # fmt: skip
+        record = train_policy.main(config)
+    return {"outputs": {"run_dir": str(run_dir)}, "checkpoints": record["checkpoints"], "metrics": record.get("metrics", {})}
+
+
+def relabel_stage(rc: RoundConfig, dataset: str, value_run: str, out: Path) -> dict[str, Any]:
+    result = relabel.main(relabel.Config(dataset=Path(dataset), value_ckpt=Path(value_run), output=out, lookahead=rc.lookahead,
+                                         positive_ratio=rc.positive_ratio, num_actors=rc.num_actors,
+                                         gpus_per_actor=rc.gpus_per_actor, dtype=None))  # fmt: skip
+    return {"outputs": {"dataset": str(result)}}
+
+
+def evaluate_stage(rc: RoundConfig, policies: dict[str, str], out: Path) -> dict[str, Any]:
+    """Serve each policy in turn on the local Ray and run the simulated task through the websocket."""
+    from ray import serve as ray_serve
+
+    infer = rc.policy_config + "_infer"
+    metrics: dict[str, Any] = {}
+    for label, checkpoint in policies.items():
+        app = app_config.AppConfig(checkpoint=checkpoint, config=infer, num_gpus=min(rc.gpus_per_worker, 1),
+                                   tokenizer=rc.tokenizer, fixed_noise=True)  # fmt: skip
+        uri, _ = serve.start(serve.Config(app=app, port=rc.serve_port, name=f"eval-{label}"))
+        try:
+            summary = evaluate.main(evaluate.Config(endpoint=uri, episodes=rc.eval_episodes, output=out / label,
+                                                    horizon=_horizon(infer), video_episodes=1))  # fmt: skip
+        finally:
+            ray_serve.shutdown()
+        metrics[label] = {k: summary[k] for k in ("success_rate", "success_rate_ci95", "episodes", "successes")}
+    return {"outputs": {"evaluation": str(out)}, "metrics": metrics}
+
+
+def _horizon(config_name: str) -> int:
+    from recap_ray.configs import registry
+
+    return registry.get(config_name).model.action_horizon
+
+
+def run_round(rc: RoundConfig, out: Path, *, sft_stage: bool = False) -> dict[str, Any]:
+    """Run (or resume) the round's stages in order; returns round.json's contents."""
+    m = manifest_lib.Manifest(out, dataclasses.asdict(rc))
+    data = m.run("data", {"sources": list(rc.sources), "previous_round": rc.previous_round}, "merge + prepare",
+                 lambda: data_stage(rc, out))["outputs"]["dataset"]  # fmt: skip
+    init = rc.sft_checkpoint
+    if rc.previous_round:
+        previous = json.loads((Path(rc.previous_round) / manifest_lib.FILE).read_text())
+        init = previous["stages"]["policy"]["outputs"]["run_dir"]
+    if sft_stage:  # demo: the SFT baseline is trained here, on the data's own labels
+        sft = m.run("sft", {"dataset": data}, f"jobs.train_policy --config {rc.policy_config} (data labels)",
+                    lambda: train_stage("policy", rc, data, out / "sft", init))  # fmt: skip
+        init = sft["outputs"]["run_dir"]
+    policy_data = data
+    if not rc.skip_value:
+        value = m.run("value", {"dataset": data}, f"jobs.train_value --config {rc.value_config}",
+                      lambda: train_stage("value", rc, data, out / "value", None))["outputs"]["run_dir"]  # fmt: skip
+        policy_data = m.run("relabel", {"dataset": data, "value_ckpt": value},
+                            f"jobs.relabel --lookahead {rc.lookahead} --positive-ratio {rc.positive_ratio}",
+                            lambda: relabel_stage(rc, data, value, out / "relabeled"))["outputs"]["dataset"]  # fmt: skip
+    policy = m.run("policy", {"dataset": policy_data, "init": init}, f"jobs.train_policy --config {rc.policy_config}",
+                   lambda: train_stage("policy", rc, policy_data, out / "policy", init))["outputs"]["run_dir"]  # fmt: skip
+    if rc.eval_episodes:
+        policies = {"recap": policy}
+        baseline = rc.eval_baseline or init
+        if baseline:
+            policies = {"baseline": baseline, **policies}
+        m.run("evaluate", {"policies": policies}, f"jobs.serve + jobs.evaluate --episodes {rc.eval_episodes}",
+              lambda: evaluate_stage(rc, policies, out / "evaluation"))  # fmt: skip
+    return m.data
+
+
+# ----------------------------------------------------------------------------- demo
+
+DEMO = RoundConfig(policy_config="pi06_sim", value_config="value_tiny", value_steps=100, policy_steps=150,
+                   batch_size=8, lookahead=10, eval_episodes=10)  # fmt: skip
+
+
+def demo(out: Path) -> dict[str, Any]:
+    """Simulated data, a tokenizer trained here, an SFT baseline and a RECAP round, both evaluated."""
+    from recap_ray import demo_assets
+
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = demo_assets.tokenizer(out / "tokenizer")
+    generated = out / "generated"
+    if not (generated / "meta" / "info.json").is_file():
+        shutil.rmtree(generated, ignore_errors=True)
+        make_dataset.main(make_dataset.Config(output=generated, demos=20, rollouts=40, workers=1))
+    rc = dataclasses.replace(DEMO, sources=(str(generated),), tokenizer=str(tokenizer), value_tokenizer=str(tokenizer))
+    record = run_round(rc, out / "round", sft_stage=True)
+    table = record["stages"].get("evaluate", {}).get("metrics", {})
+    lines = ["", "policy     success  95% CI", "---------  -------  -------------"]
+    for label, m in table.items():
+        lo, hi = m["success_rate_ci95"]
+        lines.append(f"{'SFT' if label == 'baseline' else 'RECAP':9}  {m['success_rate']:7.2f}  [{lo:.2f}, {hi:.2f}]")
+    lines += ["", f"round manifest: {out / 'round' / manifest_lib.FILE}", f"TensorBoard:    tensorboard --logdir {out}",
+              f"relabel plots:  {out / 'round' / 'relabeled.relabel'}"]  # fmt: skip
+    print("\n".join(lines))
+    return record
+
+
+def main(config: Config) -> dict[str, Any]:
+    if config.demo:
+        return demo(config.output)
+    if config.config is None:
+        raise ValueError("pass --config ROUND.yaml or --demo")
+    return run_round(RoundConfig.from_yaml(config.config), config.output)
+
+
+if __name__ == "__main__":
+    main(cli.parse(Config, __doc__))

@@ -1,0 +1,66 @@
+"""The round driver's bookkeeping: stages recorded, a crashed round resumes at the failed stage,
+a config change is refused, the YAML is checked field by field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jobs import round as round_job
+from recap_ray import manifest
+
+
+def test_crashed_round_resumes_from_the_failed_stage(tmp_path):
+    calls: list[str] = []
+
+    def stage(name, fail=False):
+        def body():
+            calls.append(name)
+            if fail:
+                raise RuntimeError(f"{name} crashed")
+            out = tmp_path / name
+            out.mkdir()
+            return {"outputs": {"dir": str(out)}, "metrics": {"n": len(calls)}}
+
+        return body
+
+    m = manifest.Manifest(tmp_path / "round", {"a": 1})
+    m.run("data", {}, "cmd data", stage("data"))
+    with pytest.raises(RuntimeError, match="value crashed"):
+        m.run("value", {}, "cmd value", stage("value", fail=True))
+    record = json.loads((tmp_path / "round" / manifest.FILE).read_text())
+    assert record["stages"]["data"]["status"] == "done"
+    assert record["stages"]["value"]["status"] == "failed" and "value crashed" in record["stages"]["value"]["error"]
+
+    again = manifest.Manifest(tmp_path / "round", {"a": 1})  # a new driver process
+    again.run("data", {}, "cmd data", stage("data"))  # done: skipped
+    again.run("value", {}, "cmd value", stage("value"))
+    assert calls == ["data", "value", "value"]
+    assert again.stage("value")["status"] == "done" and again.stage("value")["command"] == "cmd value"
+
+    (tmp_path / "data").rmdir()  # a done stage whose output vanished runs again
+    assert not again.done("data")
+
+
+def test_round_refuses_a_changed_config(tmp_path):
+    manifest.Manifest(tmp_path, {"lookahead": 50})
+    with pytest.raises(ValueError, match=r"\['lookahead'\]"):
+        manifest.Manifest(tmp_path, {"lookahead": 10})
+
+
+def test_round_yaml_fields_are_checked(tmp_path):
+    good = tmp_path / "round.yaml"
+    good.write_text("sources: [/data/a, /data/b]\nskip_value: true\npolicy_steps: 100\n")
+    rc = round_job.RoundConfig.from_yaml(good)
+    assert rc.sources == ("/data/a", "/data/b") and rc.skip_value and rc.policy_steps == 100
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sources: [/data/a]\nlookahed: 10\n")
+    with pytest.raises(ValueError, match=r"unknown round fields \['lookahed'\]"):
+        round_job.RoundConfig.from_yaml(bad)
+
+
+def test_round_reopens_with_the_same_config(tmp_path):
+    config = {"sources": ("/data/a",), "lookahead": 50}
+    manifest.Manifest(tmp_path, config)
+    assert manifest.Manifest(tmp_path, config).data["config"]["sources"] == ["/data/a"]
