@@ -11,6 +11,7 @@ import pytest
 
 VENV_HOME = Path(os.environ.get("RECAP_PEER_VENVS", Path.home() / ".cache" / "recap-ray" / "venvs"))
 PEER_SCRIPT = Path(__file__).with_name("lerobot_peer.py")
+OPENPI_CLIENT_SCRIPT = Path(__file__).with_name("openpi_client_peer.py")
 
 
 def python(name: str) -> Path:
@@ -21,8 +22,8 @@ def python(name: str) -> Path:
     return exe
 
 
-def run(venv: str, *args: str, tmp: Path) -> None:
-    """Run the lerobot peer script in `venv`, offline, with its caches under `tmp`."""
+def run(venv: str, *args: str, tmp: Path, script: Path = PEER_SCRIPT) -> None:
+    """Run a peer script (the lerobot one by default) in `venv`, offline, with its caches under `tmp`."""
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": str(tmp),
@@ -30,7 +31,7 @@ def run(venv: str, *args: str, tmp: Path) -> None:
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
     }
-    proc = subprocess.run([str(python(venv)), str(PEER_SCRIPT), *args], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([str(python(venv)), str(script), *args], env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-6000:])
-        raise AssertionError(f"lerobot peer ({venv}) failed with exit code {proc.returncode}:\n{proc.stderr[-3000:]}")
+        raise AssertionError(f"{script.name} ({venv}) failed with exit code {proc.returncode}:\n{proc.stderr[-3000:]}")

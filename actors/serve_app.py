@@ -1,0 +1,148 @@
+"""The served policy as a Ray Serve application speaking openpi's websocket protocol.
+
+    Ingress (CPU, FastAPI)  --handle-->  PolicyModel (GPU, @serve.batch)  -> serve.policy.Policy
+
+`Ingress` holds the websocket sessions: it checks the API key at the upgrade, sends the metadata
+frame first, then for each binary frame decodes and validates the observation, awaits one action
+chunk from the model deployment and sends it back with openpi's `server_timing`. A bad request gets
+one text frame naming the problem, then a close (1008); an internal failure the traceback, then
+1011 (openpi's behaviour). Other sessions are untouched. `GET /healthz` answers "OK".
+`PolicyModel` batches requests from every session and ingress replica into one model call.
+No `from __future__ import annotations` here: FastAPI must see the real `WebSocket` annotation on
+the handler of the class Serve rebuilds, or it refuses every upgrade with HTTP 403.
+
+Serve config: `import_path: actors.serve_app:build_app` with the `AppConfig` fields as `args`.
+"""
+
+import asyncio
+import hmac
+import logging
+import time
+import traceback
+from typing import Any
+
+import fastapi
+from fastapi import WebSocket, WebSocketDisconnect
+from fastapi.responses import PlainTextResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from recap_ray.serve import app_config, msgpack_numpy, policy, protocol
+
+logger = logging.getLogger(__name__)
+
+INVALID_REASON = "Invalid request. Error included in previous frame."
+INTERNAL_REASON = "Internal server error. Traceback included in previous frame."  # openpi's reason
+
+fastapi_app = fastapi.FastAPI()
+
+
+@serve.deployment
+class PolicyModel:
+    """One policy on one accelerator; requests from all sessions are batched."""
+
+    def __init__(self, config: app_config.AppConfig) -> None:
+        self.policy = policy.Policy.load(config.checkpoint, config.config, tokenizer_path=config.tokenizer,
+                                         options=config.policy_options)  # fmt: skip
+        self.policy.warmup()  # compile before the replica reports ready
+        self.infer.set_max_batch_size(config.max_batch_size)
+        self.infer.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+
+    def metadata(self) -> dict[str, Any]:
+        """The metadata frame every session starts with (includes the observation limits)."""
+        return self.policy.metadata
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def infer(self, observations: list[dict[str, Any]]) -> list[dict[str, Any] | Exception]:
+        """A batch of observations -> answers; a bad one raises to its own caller only."""
+        return await asyncio.to_thread(self.policy.infer_batch, observations, isolate_errors=True)
+
+
+@serve.deployment
+@serve.ingress(fastapi_app)
+class Ingress:
+    """openpi's websocket server behaviour over Serve; inference goes to `PolicyModel` through a handle."""
+
+    def __init__(self, model: DeploymentHandle, config: app_config.AppConfig) -> None:
+        self.model = model
+        self._authorization = f"Api-Key {key}" if (key := config.resolved_api_key()) else None
+        self._metadata: dict[str, Any] | None = None
+
+    async def _session_metadata(self) -> dict[str, Any]:
+        if self._metadata is None:
+            self._metadata = await self.model.metadata.remote()
+        return self._metadata
+
+    def _authorized(self, ws: WebSocket) -> bool:
+        if self._authorization is None:
+            return True
+        return hmac.compare_digest(ws.headers.get("authorization", "").encode(), self._authorization.encode())
+
+    @fastapi_app.get("/healthz")
+    def healthz(self) -> PlainTextResponse:
+        """openpi's health route."""
+        return PlainTextResponse("OK\n")
+
+    @fastapi_app.websocket("/")
+    async def session(self, ws: WebSocket) -> None:
+        """One robot connection: metadata, then observation -> action chunk until it disconnects."""
+        if not self._authorized(ws):
+            logger.warning("refused a connection from %s: missing or wrong API key", ws.client)
+            await ws.close(code=1008, reason="missing or invalid API key")  # before accept: HTTP 403
+            return
+        await ws.accept()
+        metadata = await self._session_metadata()
+        spec = protocol.ObservationSpec(**metadata["observation"])
+        await ws.send_bytes(msgpack_numpy.packb(metadata))
+        prev_total_ms: float | None = None
+        try:
+            while True:
+                start = time.monotonic()
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                obs = protocol.validate(protocol.decode(message.get("bytes", message.get("text")), spec), spec)
+                infer_start = time.monotonic()
+                answer = await self.model.infer.remote(obs)
+                answer["server_timing"] = {"infer_ms": (time.monotonic() - infer_start) * 1000}
+                if prev_total_ms is not None:
+                    answer["server_timing"]["prev_total_ms"] = prev_total_ms
+                await ws.send_bytes(msgpack_numpy.packb(answer))
+                prev_total_ms = (time.monotonic() - start) * 1000
+        except WebSocketDisconnect:
+            return
+        except protocol.InvalidRequest as err:
+            logger.info("invalid request from %s: %s", ws.client, err)
+            await self._close_with(ws, f"InvalidRequest: {err}", 1008, INVALID_REASON)
+        except Exception:
+            logger.exception("session with %s failed", ws.client)
+            await self._close_with(ws, traceback.format_exc(), 1011, INTERNAL_REASON)
+
+    @staticmethod
+    async def _close_with(ws: WebSocket, text: str, code: int, reason: str) -> None:
+        """Send `text` as a text frame, then close; the client may already be gone."""
+        try:
+            await ws.send_text(text)
+            await ws.close(code=code, reason=reason)
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+
+
+def app(config: app_config.AppConfig) -> serve.Application:
+    """The application: an autoscaled ingress bound to an autoscaled, batching model deployment."""
+    model = PolicyModel.options(
+        ray_actor_options={"num_gpus": config.num_gpus, "num_cpus": config.model_num_cpus},
+        autoscaling_config=config.model_autoscaling.as_dict(),
+        max_ongoing_requests=config.model_max_ongoing_requests,
+    ).bind(config)
+    ingress = Ingress.options(
+        ray_actor_options={"num_cpus": config.ingress_num_cpus},
+        autoscaling_config=config.ingress_autoscaling.as_dict(),
+        max_ongoing_requests=config.max_sessions_per_ingress,
+    )
+    return ingress.bind(model, config)
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Serve's application builder: `args` are `AppConfig` fields (nested dicts for the autoscaling ones)."""
+    return app(app_config.AppConfig.from_args(args))

@@ -1,0 +1,194 @@
+"""Benchmark the served policy against calling it in-process: chunk latency and throughput.
+
+    python -m jobs.bench_serve --config pi06_yam_vial_30fps_infer --tokenizer paligemma_tokenizer.model  # GPU
+    python -m jobs.bench_serve --config pi06_tiny_infer --tokenizer T.model --num-gpus 0 --clients 1 2 4 8
+
+In-process: `Policy.infer` (batch 1) p50/p99, and `Policy.infer_batch` of c observations for each
+c in `--clients`. Served: the Serve application on a local Ray (`jobs.serve.start`), one websocket
+client for p50/p99 of the round trip, then c concurrent clients (threads, one connection each) for
+chunks/s. Without `--checkpoint`, random weights (bf16) are written as a checkpoint to a temporary
+directory with unit norm stats and the given tokenizer. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jobs import cli
+from jobs import serve as serve_job
+from recap_ray.data import norm_stats
+from recap_ray.models import checkpoints, weights
+from recap_ray.serve import app_config, policy, ws_client
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    config: str = "pi06_yam_vial_30fps_infer"
+    """Registered `_infer` policy config."""
+    checkpoint: Path | None = None
+    """Run or step directory; None: random weights in a temporary checkpoint."""
+    tokenizer: Path | None = None
+    """Sentencepiece model (required with random weights, or when the checkpoint has none)."""
+    requests: int = 50
+    """Timed batch-1 requests for p50/p99 (after warm-up)."""
+    clients: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    """Concurrent clients (in-process: batch sizes) of the throughput runs."""
+    requests_per_client: int = 10
+    """Requests each client sends in a throughput run."""
+    max_batch_size: int = 32
+    """Largest batch of the served model (and of the in-process runs)."""
+    batch_wait_timeout_s: float = 0.0
+    """Serve's wait for a batch to fill (0: batches form from requests queued while one runs)."""
+    num_gpus: float | None = None
+    """GPUs of the model replica; None: 1 when JAX sees a GPU, else 0."""
+    port: int = 8000
+    """Local port of the endpoint."""
+    image_side: int = 224
+    """Side of the three square uint8 CHW cameras sent."""
+
+
+def _observation(side: int, state_dim: int, prompt: str) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    images = {c: rng.integers(0, 256, (3, side, side), np.uint8) for c in ("cam_high", "cam_left_wrist", "cam_right_wrist")}
+    return {"images": images, "state": rng.uniform(-1, 1, state_dim).astype(np.float32), "prompt": prompt}
+
+
+def random_checkpoint(config_name: str, tokenizer: Path, root: Path) -> Path:
+    """A step directory with random bf16 weights, unit norm stats (14 dims) and `tokenizer`."""
+    config = policy.infer_config(config_name)
+    step = checkpoints.checkpoints_dir(root) / "0"
+    model = nnx.jit(lambda: config.model.create(nnx.Rngs(0)))()
+    weights.save(checkpoints.params_dir(step), jax.tree.map(lambda x: x.astype(jnp.bfloat16), weights.model_params(model)))
+    del model
+    unit = norm_stats.NormStats(mean=np.zeros(14), std=np.ones(14), q01=-np.ones(14), q99=np.ones(14))
+    norm_stats.save(checkpoints.norm_stats_file(step, config.asset_id), {"state": unit, "actions": unit})
+    shutil.copy(tokenizer, checkpoints.tokenizer_file(step))
+    return step
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+
+
+def _timed(fn: Callable[[], Any], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def in_process(bench: BenchConfig, checkpoint: Path, obs: dict[str, Any]) -> dict[str, Any]:
+    """Latency and throughput of the policy called directly."""
+    local = policy.Policy.load(checkpoint, bench.config, tokenizer_path=bench.tokenizer,
+                               options=policy.PolicyOptions(max_batch_size=bench.max_batch_size))  # fmt: skip
+    local.warmup()
+    result: dict[str, Any] = {"batch1": _percentiles(_timed(lambda: local.infer(obs), bench.requests))}
+    for c in bench.clients:
+        seconds = sum(_timed(lambda c=c: local.infer_batch([obs] * c), bench.requests_per_client))
+        result[f"chunks_per_s_c{c}"] = c * bench.requests_per_client / seconds
+        logger.info("in-process batch %d: %.1f chunks/s", c, result[f"chunks_per_s_c{c}"])
+    return result
+
+
+def _clients(uri: str, n: int, requests: int, obs: dict[str, Any]) -> tuple[float, list[float], list[int]]:
+    """n concurrent sessions, `requests` each: (wall seconds, per-request seconds, batch sizes)."""
+    ready = threading.Barrier(n + 1)
+    times: list[float] = []
+    sizes: list[int] = []
+    errors: list[BaseException] = []
+
+    def robot() -> None:
+        try:
+            with ws_client.WebsocketClientPolicy(uri) as client:
+                client.infer(obs)  # the session's first round trip is not timed
+                ready.wait()
+                for _ in range(requests):
+                    start = time.perf_counter()
+                    reply = client.infer(obs)
+                    times.append(time.perf_counter() - start)
+                    sizes.append(int(reply["policy_timing"]["batch_size"]))
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller
+            errors.append(err)
+            ready.abort()
+
+    threads = [threading.Thread(target=robot, daemon=True) for _ in range(n)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return time.perf_counter() - start, times, sizes
+
+
+def served(bench: BenchConfig, checkpoint: Path, obs: dict[str, Any], num_gpus: float) -> dict[str, Any]:
+    """Latency and throughput through the Serve application over websockets."""
+    from ray import serve
+
+    app = app_config.AppConfig(checkpoint=str(checkpoint), config=bench.config,
+                               tokenizer=str(bench.tokenizer) if bench.tokenizer else None,
+                               max_batch_size=bench.max_batch_size, batch_wait_timeout_s=bench.batch_wait_timeout_s,
+                               num_gpus=num_gpus, model_num_cpus=1.0 if num_gpus else 0.5, ingress_num_cpus=0.25,
+                               model_autoscaling=app_config.Autoscaling(1, 1, 2.0 * bench.max_batch_size),
+                               max_sessions_per_ingress=max(bench.clients) + 8)  # fmt: skip
+    uri, _ = serve_job.start(serve_job.Config(app=app, host="127.0.0.1", port=bench.port))
+    try:
+        _, times, _ = _clients(uri, 1, bench.requests, obs)
+        result: dict[str, Any] = {"batch1": _percentiles(times)}
+        for c in bench.clients:
+            wall, times, sizes = _clients(uri, c, bench.requests_per_client, obs)
+            result[f"chunks_per_s_c{c}"] = c * bench.requests_per_client / wall
+            result[f"p50_ms_c{c}"] = _percentiles(times)["p50_ms"]
+            result[f"mean_batch_c{c}"] = float(np.mean(sizes))
+            logger.info("served, %d clients: %.1f chunks/s, mean batch %.1f", c, result[f"chunks_per_s_c{c}"],
+                        result[f"mean_batch_c{c}"])  # fmt: skip
+    finally:
+        serve.shutdown()
+    return result
+
+
+def main(bench: BenchConfig) -> dict[str, Any]:
+    """Run both sides; returns the figures (ms, chunks/s) and the served/in-process p50 ratio."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # in-process and replica share the GPU
+    num_gpus = bench.num_gpus if bench.num_gpus is not None else float(jax.default_backend() == "gpu")
+    with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
+        checkpoint = bench.checkpoint
+        if checkpoint is None:
+            if bench.tokenizer is None:
+                raise ValueError("random weights need --tokenizer (a sentencepiece model matching the config's vocab)")
+            checkpoint = random_checkpoint(bench.config, bench.tokenizer, Path(tmp))
+        config = policy.infer_config(bench.config)
+        stats = norm_stats.load(checkpoints.norm_stats_file(checkpoints.resolve(checkpoint), config.asset_id))
+        obs = _observation(bench.image_side, len(stats["state"].q01), config.default_prompt)
+        local = in_process(bench, checkpoint, obs)
+        gc.collect()
+        remote = served(bench, checkpoint, obs, num_gpus)
+    return {"device": jax.devices()[0].device_kind, "config": bench.config, "in_process": local, "served": remote,
+            "p50_ratio": remote["batch1"]["p50_ms"] / local["batch1"]["p50_ms"]}  # fmt: skip
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(cli.parse(BenchConfig, __doc__)), indent=2))  # noqa: T201

@@ -1,0 +1,95 @@
+"""python -m jobs.serve --checkpoint C --config NAME_infer [--port 8000] [--num-gpus 1] [--api-key K]
+
+Serves a trained pi0.6 policy on a local Ray (or the cluster named by RAY_ADDRESS) as a Ray Serve
+application speaking openpi's websocket protocol (actors/serve_app.py): `adv_ind` fixed to
+`positive`, requests batched across connections. C is a training run directory (its latest step)
+or one step directory. It logs "ready" only once a websocket handshake on the port has returned
+the metadata frame, because openpi-client 0.1.2 does not retry a refused connection. Runs until
+interrupted. On a cluster use `serve deploy cluster/serve.yaml` instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import ray
+import tyro
+from ray import serve
+
+from actors import serve_app
+from jobs import cli
+from recap_ray.serve import app_config, ws_client
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    app: Annotated[app_config.AppConfig, tyro.conf.arg(name="")]
+    """The application (checkpoint, config, batching, scaling, access)."""
+    host: str = "0.0.0.0"
+    """Address the Serve proxy binds."""
+    port: int = 8000
+    """Port of the websocket endpoint and /healthz (openpi's default)."""
+    name: str = "recap-policy"
+    """Serve application name."""
+    ready_timeout_s: float = 900.0
+    """How long to wait for the endpoint to answer a handshake."""
+
+
+def wait_until_serving(uri: str, api_key: str | None, timeout_s: float) -> dict[str, Any]:
+    """Block until a websocket handshake at `uri` returns the metadata frame; returns it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with ws_client.WebsocketClientPolicy(uri, api_key=api_key) as client:
+                return client.get_server_metadata()
+        except (ConnectionError, RuntimeError) as err:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{uri}: no working endpoint after {timeout_s:.0f} s: {err}") from err
+            time.sleep(0.5)
+
+
+def _absolute(path: str | None) -> str | None:
+    """Local paths made absolute (replicas run elsewhere); other schemes kept."""
+    return str(Path(path).resolve()) if path is not None and Path(path).exists() else path
+
+
+def start(config: Config) -> tuple[str, dict[str, Any]]:
+    """Deploy the application and wait until it accepts connections; returns (ws URI, metadata)."""
+    if not ray.is_initialized():
+        ray.init()
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if config.app.num_gpus > 0 and gpus < config.app.num_gpus:
+        raise RuntimeError(f"--num-gpus {config.app.num_gpus} per model replica, but the Ray cluster has {gpus} "
+                           "GPUs (pass --num-gpus 0 to serve on CPU)")  # fmt: skip
+    app = dataclasses.replace(config.app, checkpoint=_absolute(config.app.checkpoint),
+                              tokenizer=_absolute(config.app.tokenizer))  # fmt: skip
+    serve.start(http_options={"host": config.host, "port": config.port})
+    serve.run(serve_app.app(app), name=config.name, route_prefix="/")
+    local = "127.0.0.1" if config.host in ("0.0.0.0", "", "::") else config.host
+    uri = f"ws://{local}:{config.port}"
+    metadata = wait_until_serving(uri, app.resolved_api_key(), config.ready_timeout_s)
+    return uri, metadata
+
+
+def main(config: Config) -> None:
+    """Serve until interrupted, then shut Serve down."""
+    uri, metadata = start(config)
+    logger.info("ready: %s (openpi websocket protocol), health at http://%s:%d/healthz; metadata %s",
+                uri, config.host, config.port, metadata)  # fmt: skip
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        logger.info("shutting down")
+    finally:
+        serve.shutdown()
+
+
+if __name__ == "__main__":
+    main(cli.parse(Config, __doc__))

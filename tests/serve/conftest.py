@@ -1,0 +1,78 @@
+"""Serve fixtures: a tiny pi0.6 training-run checkpoint, a local policy on it, and the app on local Ray."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from recap_ray.configs import registry
+from recap_ray.data import norm_stats
+from recap_ray.models import checkpoints, weights
+from recap_ray.serve import app_config, policy
+
+CONFIG = "pi06_tiny_infer"
+API_KEY = "sekrit"
+MAX_MESSAGE_BYTES = 256 * 1024
+
+
+@pytest.fixture(scope="session")
+def policy_run(tmp_path_factory: pytest.TempPathFactory, sentencepiece_model: Path) -> Path:
+    """A training run directory laid out as `recap_ray.models.checkpoints` says: random tiny model at step 2."""
+    config = registry.get(CONFIG)
+    run = tmp_path_factory.mktemp("policy_run")
+    step = checkpoints.checkpoints_dir(run) / "2"
+    rng = np.random.default_rng(3)
+    params = weights.flatten(weights.model_params(nnx.jit(lambda: config.model.create(nnx.Rngs(7)))()))
+    # zero-initialised leaves (adaRMS gates among them) would make the action expert ignore the
+    # prefix: perturb them so prompts and images change the actions
+    params = {p: v if np.any(v) else rng.normal(0, 0.2, v.shape).astype(v.dtype) for p, v in params.items()}
+    weights.save(checkpoints.params_dir(step), weights.unflatten(params))
+    stats = {
+        key: norm_stats.NormStats(mean=np.zeros(14), std=np.ones(14), q01=rng.uniform(-2.0, -0.5, 14),
+                                  q99=rng.uniform(0.5, 2.0, 14))  # fmt: skip
+        for key in ("state", "actions")
+    }
+    norm_stats.save(checkpoints.norm_stats_file(step, config.asset_id), stats)
+    shutil.copy(sentencepiece_model, checkpoints.tokenizer_file(step))
+    return run
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def app_config_for(run: Path) -> app_config.AppConfig:
+    """The test application: CPU, API key, batches of up to 4, fixed noise (answers are reproducible)."""
+    return app_config.AppConfig(
+        checkpoint=str(run), config=CONFIG, api_key=API_KEY, max_batch_size=4, batch_wait_timeout_s=0.05,
+        num_gpus=0, model_num_cpus=0.5, ingress_num_cpus=0.25, fixed_noise=True, max_message_bytes=MAX_MESSAGE_BYTES,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="package")
+def served(ray_local, policy_run: Path):
+    """The application via `jobs.serve.start` on 127.0.0.1; Serve shut down after the package."""
+    from ray import serve
+
+    from jobs import serve as serve_job
+
+    app = app_config_for(policy_run)
+    config = serve_job.Config(app=app, host="127.0.0.1", port=free_port(), ready_timeout_s=180)
+    try:
+        uri, metadata = serve_job.start(config)
+        yield {"uri": uri, "port": config.port, "metadata": metadata, "app": app}
+    finally:
+        serve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def local_policy(policy_run: Path) -> policy.Policy:
+    """The same checkpoint and options, in this process: what the endpoint must answer."""
+    return policy.Policy.load(policy_run, CONFIG, options=app_config_for(policy_run).policy_options)
