@@ -9,7 +9,6 @@ the threshold of every task. Plots go to `<log_dir>/plots/*.png` and `<log_dir>/
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from recap_ray.data import dataset as dataset_mod
 from recap_ray.data import features as feats
 from recap_ray.data import meta as meta_mod
 from recap_ray.data import recap_columns, versions
+from recap_ray import tracker
 from recap_ray.recap import labels, plots, relabel, threshold
 
 logger = logging.getLogger(__name__)
@@ -140,29 +140,15 @@ def report(log_dir: Path, episodes: Mapping[int, relabel.Episode], result: relab
     auto = result.summary(episodes)["autonomous_positive_fraction"]
     if auto is not None:
         scalars["relabel/autonomous_positive_fraction"] = float(auto)
-    write_tensorboard(log_dir / "tensorboard", images, scalars, {"relabel/advantage": pooled} if pooled.size else {})
+    tb = tracker.TensorBoardTracker(log_dir / "tensorboard")
+    try:
+        tb.scalars(0, scalars)
+        for name, image in images.items():
+            tb.image(0, f"relabel/{name}", image)
+        if pooled.size:
+            tb.histogram(0, "relabel/advantage", pooled)
+    finally:
+        tb.close()
     logger.info("relabel plots in %s", log_dir)
     return written
 
-
-def write_tensorboard(
-    directory: Path, images: Mapping[str, np.ndarray], scalars: Mapping[str, float], histograms: Mapping[str, np.ndarray]
-) -> None:
-    """One TensorBoard event file at step 0 (tensorboard's own writer and protos, no TensorFlow)."""
-    from tensorboard.compat.proto import event_pb2, summary_pb2
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
-    values = [summary_pb2.Summary.Value(tag=tag, simple_value=float(v)) for tag, v in scalars.items()]
-    for tag, image in images.items():
-        h, w = image.shape[:2]
-        values.append(summary_pb2.Summary.Value(tag=f"relabel/{tag}", image=summary_pb2.Summary.Image(
-            height=h, width=w, colorspace=3, encoded_image_string=plots.png(image))))
-    for tag, data in histograms.items():
-        x = np.asarray(data, np.float64)
-        counts, edges = np.histogram(x, bins=60)
-        values.append(summary_pb2.Summary.Value(tag=tag, histo=summary_pb2.HistogramProto(
-            min=float(x.min()), max=float(x.max()), num=float(x.size), sum=float(x.sum()),
-            sum_squares=float(np.sum(x**2)), bucket_limit=edges[1:].tolist(), bucket=counts.astype(float).tolist())))
-    writer = EventFileWriter(str(directory))
-    writer.add_event(event_pb2.Event(summary=summary_pb2.Summary(value=values), wall_time=time.time(), step=0))
-    writer.close()

@@ -5,7 +5,7 @@ One worker process per host owns all of that host's GPUs; `JaxConfig(use_gpu=Tru
 `JAX_PLATFORMS=cpu`, which is how the tests run two processes on one machine). A failed worker
 tears the group down and Ray starts a new one, which resumes from the run's newest checkpoint.
 With `min_workers < num_workers` the group is elastic: it runs on whatever fits in between, with
-the same global batch. SIGTERM (a spot preemption notice) makes the worker save before it exits.
+the same global batch. A preemption costs at most one checkpoint interval (see `_stop_flag`).
 """
 
 from __future__ import annotations
@@ -40,9 +40,13 @@ class Resources:
 
 
 def _stop_flag() -> threading.Event:
-    """Set on SIGTERM. Ray runs the loop off the main thread, so the handler goes on the main thread's
-    signal table only when we are on it; otherwise we poll the process-wide flag Ray's own handler
-    cannot set, and fall back to saving at the regular interval."""
+    """An event set on SIGTERM, when this function runs on the main thread (Ray Train's local mode).
+
+    In a Ray Train worker process the loop runs on a training thread, where Python cannot install
+    signal handlers, and Ray's worker main loop owns SIGTERM (it exits the process; a
+    `worker_process_setup_hook` handler is replaced by it, checked on Ray 2.60). There the event
+    never fires and a preempted worker loses at most one checkpoint interval.
+    """
     flag = threading.Event()
     previous = signal.getsignal(signal.SIGTERM)
 

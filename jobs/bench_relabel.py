@@ -32,7 +32,7 @@ from jobs import cli, make_dataset
 from jobs import relabel as relabel_job
 from recap_ray.configs import registry
 from recap_ray.data import dataset as dataset_mod
-from recap_ray.models import checkpoints, value_infer
+from recap_ray.models import checkpoints
 from recap_ray.sim import world
 
 logger = logging.getLogger(__name__)

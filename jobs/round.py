@@ -23,6 +23,7 @@ import yaml
 
 from jobs import cli, evaluate, make_dataset, merge, prepare, relabel, serve, train_policy, train_value, training
 from recap_ray import manifest as manifest_lib
+from recap_ray.configs import registry
 from recap_ray.data import dataset as dataset_mod
 from recap_ray.data import recap_columns
 from recap_ray.serve import app_config
@@ -127,17 +128,11 @@ def evaluate_stage(rc: RoundConfig, policies: dict[str, str], out: Path) -> dict
         uri, _ = serve.start(serve.Config(app=app, port=rc.serve_port, name=f"eval-{label}"))
         try:
             summary = evaluate.main(evaluate.Config(endpoint=uri, episodes=rc.eval_episodes, output=out / label,
-                                                    horizon=_horizon(infer), video_episodes=1))  # fmt: skip
+                                                    horizon=registry.get(infer).model.action_horizon, video_episodes=1))  # fmt: skip
         finally:
             ray_serve.shutdown()
         metrics[label] = {k: summary[k] for k in ("success_rate", "success_rate_ci95", "episodes", "successes")}
     return {"outputs": {"evaluation": str(out)}, "metrics": metrics}
-
-
-def _horizon(config_name: str) -> int:
-    from recap_ray.configs import registry
-
-    return registry.get(config_name).model.action_horizon
 
 
 def run_round(rc: RoundConfig, out: Path, *, sft_stage: bool = False) -> dict[str, Any]:

@@ -68,7 +68,7 @@ def resolve_tokenizer(path: Path | None) -> Path:
     return path
 
 
-def prepare_run_dir(config: Config, kind: str) -> None:
+def prepare_run_dir(config: Config, kind: str, fingerprint: str) -> None:
     """Refuse to mix runs: an existing run needs --resume (same config and dataset) or --overwrite."""
     run_dir = Path(config.run_dir)
     if config.overwrite and config.resume:
@@ -82,17 +82,17 @@ def prepare_run_dir(config: Config, kind: str) -> None:
         raise FileExistsError(f"{run_dir} already holds a run (step {existing.get('step')}); pass --resume or --overwrite")
     mismatch = {
         field: (existing.get(field), want)
-        for field, want in (("kind", kind), ("config", config.config), ("dataset_fingerprint", versions.fingerprint(config.dataset)))
+        for field, want in (("kind", kind), ("config", config.config), ("dataset_fingerprint", fingerprint))
         if existing.get(field) not in (None, want)
     }
     if mismatch:
         raise ValueError(f"{run_dir}: cannot resume, the run differs: " + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in mismatch.items()))
 
 
-def make_job(config: Config, kind: str, **extra: Any) -> loop.TrainJob:
+def make_job(config: Config, kind: str, fingerprint: str, **extra: Any) -> loop.TrainJob:
     return loop.TrainJob(
         kind=kind, config=config.config, dataset=str(config.dataset), run_dir=str(config.run_dir),
-        tokenizer=str(resolve_tokenizer(config.tokenizer)), session=uuid.uuid4().hex[:12],
+        tokenizer=str(resolve_tokenizer(config.tokenizer)), session=uuid.uuid4().hex[:12], dataset_fingerprint=fingerprint,
         num_steps=config.num_steps, batch_size=config.batch_size, save_interval=config.save_interval,
         log_interval=config.log_interval, init=config.init, fsdp_devices=config.fsdp_devices,
         grad_accum=config.grad_accum, keep_checkpoints=config.keep_checkpoints, loader_threads=config.loader_threads,
@@ -115,8 +115,9 @@ def run(config: Config, kind: str, **extra: Any) -> dict[str, Any]:
     """Train on Ray; returns the final run.json."""
     from actors import train_worker
 
-    prepare_run_dir(config, kind)
-    job = make_job(config, kind, **extra)
+    fingerprint = versions.fingerprint(config.dataset)
+    prepare_run_dir(config, kind, fingerprint)
+    job = make_job(config, kind, fingerprint, **extra)
     connect_ray()
     resources = train_worker.Resources(
         num_workers=config.num_workers, min_workers=config.min_workers, gpus_per_worker=config.gpus_per_worker,

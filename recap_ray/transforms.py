@@ -9,7 +9,7 @@ the first len(q01) dims) -> AbsoluteActions -> AlohaOutputs (first 14 dims).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np

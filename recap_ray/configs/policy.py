@@ -96,40 +96,16 @@ TINY_MODEL = pi05_config.Pi05Config(
     image_size=28,
     vocab_size=400,
 )
+_TINY_RUN = {"init_params": None, "assets_dir": "./assets", "num_workers": 0, "ema_decay": None}
 PI06_TINY, PI06_TINY_INFER = _pair(
-    "pi06_tiny",
-    model=TINY_MODEL,
-    repo_id="local/tiny",
-    init_params=None,
-    assets_dir="./assets",
-    batch_size=2,
-    num_workers=0,
-    num_train_steps=2,
-    ema_decay=None,
-    warmup_steps=1,
-    decay_steps=10,
-    log_interval=1,
-    save_interval=1,
-    keep_period=1,
+    "pi06_tiny", model=TINY_MODEL, repo_id="local/tiny", batch_size=2, num_train_steps=2, warmup_steps=1,
+    decay_steps=10, log_interval=1, save_interval=1, keep_period=1, **_TINY_RUN,
 )
 
 # The simulated handover task (demo and closed-loop checks): the tiny model with room for the
 # prompt plus 14 state tokens, and a schedule for a few hundred steps on CPU.
 PI06_SIM, PI06_SIM_INFER = _pair(
-    "pi06_sim",
-    model=dataclasses.replace(TINY_MODEL, max_token_len=128),
-    repo_id="local/sim_handover",
-    init_params=None,
-    assets_dir="./assets",
-    batch_size=8,
-    num_workers=0,
-    num_train_steps=300,
-    ema_decay=None,
-    peak_lr=5e-4,
-    warmup_steps=20,
-    decay_steps=1000,
-    decay_lr=5e-5,
-    log_interval=10,
-    save_interval=100,
-    keep_period=100,
+    "pi06_sim", model=dataclasses.replace(TINY_MODEL, max_token_len=128), repo_id="local/sim_handover",
+    batch_size=8, num_train_steps=300, peak_lr=5e-4, warmup_steps=20, decay_steps=1000, decay_lr=5e-5,
+    log_interval=10, save_interval=100, keep_period=100, **_TINY_RUN,
 )

@@ -23,7 +23,6 @@ VALUE_TINY = registry.register(
         num_train_steps=20,
         peak_lr=1e-3,
         decay_lr=1e-4,
-        augment=False,
         init_weights=None,
         log_interval=5,
         save_interval=10,

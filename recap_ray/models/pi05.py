@@ -133,19 +133,39 @@ class Pi05(nnx.Module):
         return self.action_out_proj(out[:, -x_t.shape[1]:])
 
     def sample_actions(
-        self, rng: jax.Array, obs: Observation, *, num_steps: int = 10, noise: jax.Array | None = None
+        self,
+        rng: jax.Array,
+        obs: Observation,
+        *,
+        num_steps: int = 10,
+        noise: jax.Array | None = None,
+        uncond_obs: Observation | None = None,
+        cfg_beta: float = 1.0,
     ) -> jax.Array:
-        """Euler-integrate from noise at t = 1 to t = 0 in `num_steps` steps; (B, H, action_dim)."""
+        """Euler-integrate from noise at t = 1 to t = 0 in `num_steps` steps; (B, H, action_dim).
+
+        With `uncond_obs` (the same observations with the advantage clause dropped), classifier-free
+        guidance: v = v_u + cfg_beta * (v_c - v_u), both halves run as one double-size batch.
+        """
         batch = obs["tokenized_prompt"].shape[0]
         if noise is None:
             noise = jax.random.normal(rng, (batch, self.config.action_horizon, self.config.action_dim))
+        guided = uncond_obs is not None
+        if guided:
+            obs = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), obs, uncond_obs)
         kv, prefix_mask = self.prefill(obs)
         dt = -1.0 / num_steps
 
+        def velocity(x_t: jax.Array, t: jax.Array) -> jax.Array:
+            if not guided:
+                return self.cached_velocity(kv, prefix_mask, x_t, jnp.broadcast_to(t, (batch,)))
+            v = self.cached_velocity(kv, prefix_mask, jnp.concatenate([x_t, x_t]), jnp.broadcast_to(t, (2 * batch,)))
+            v_c, v_u = v[:batch], v[batch:]
+            return v_u + cfg_beta * (v_c - v_u)
+
         def step(_: int, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
             x_t, t = carry
-            v_t = self.cached_velocity(kv, prefix_mask, x_t, jnp.broadcast_to(t, (batch,)))
-            return x_t + dt * v_t, t + dt
+            return x_t + dt * velocity(x_t, t), t + dt
 
         x_0, _ = jax.lax.fori_loop(0, num_steps, step, (noise, jnp.asarray(1.0, jnp.float32)))
         return x_0

@@ -94,25 +94,6 @@ def _stack(items: Sequence[Any], size: int) -> Any:
     return jax.tree.map(lambda *xs: np.stack(xs), *padded)
 
 
-def _sample(model: pi05.Pi05, cond: dict[str, Any], uncond: dict[str, Any] | None, noise: jax.Array,
-            num_steps: int, beta: float | None) -> jax.Array:
-    """Euler from noise (t = 1) to actions (t = 0); with `uncond`, guided by beta."""
-    if uncond is None:
-        return model.sample_actions(None, cond, num_steps=num_steps, noise=noise)
-    n = noise.shape[0]
-    kv, prefix_mask = model.prefill(jax.tree.map(lambda a, b: jnp.concatenate([a, b]), cond, uncond))
-    dt = -1.0 / num_steps
-
-    def step(_: int, carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        x_t, t = carry
-        v = model.cached_velocity(kv, prefix_mask, jnp.concatenate([x_t, x_t]), jnp.broadcast_to(t, (2 * n,)))
-        v_c, v_u = v[:n], v[n:]
-        return x_t + dt * (v_u + beta * (v_c - v_u)), t + dt
-
-    x_0, _ = jax.lax.fori_loop(0, num_steps, step, (noise, jnp.asarray(1.0, jnp.float32)))
-    return x_0
-
-
 class Policy:
     """pi0.6 inference with the training transforms; thread-compatible, one batch at a time."""
 
@@ -130,7 +111,8 @@ class Policy:
         graphdef, state = nnx.split(model)
         self._state = jax.tree.map(lambda x: jnp.asarray(x, options.param_dtype), state)
         num_steps, beta = options.num_steps, options.cfg_beta
-        self._run = jax.jit(lambda st, c, u, noise: _sample(nnx.merge(graphdef, st), c, u, noise, num_steps, beta))
+        self._run = jax.jit(lambda st, c, u, noise: nnx.merge(graphdef, st).sample_actions(
+            None, c, num_steps=num_steps, noise=noise, uncond_obs=u, cfg_beta=1.0 if beta is None else beta))
         self._rng = np.random.default_rng(options.seed)
         shape = (config.model.action_horizon, config.model.action_dim)
         self._fixed = np.random.default_rng(options.seed).standard_normal(shape, np.float32) if options.fixed_noise else None

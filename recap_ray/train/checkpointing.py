@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -161,8 +161,3 @@ def restore_data_position(mngr: ocp.CheckpointManager, step: int) -> dict[str, A
     restored = mngr.restore(step, args=ocp.args.Composite(**{checkpoints.DATA_ITEM: ocp.args.JsonRestore()}))
     return dict(restored[checkpoints.DATA_ITEM])
 
-
-def on_finished(mngr: ocp.CheckpointManager, callback: Callable[[list[int]], None]) -> None:
-    """Block until pending saves are done, then tell `callback` the saved steps."""
-    mngr.wait_until_finished()
-    callback(list(mngr.all_steps()))

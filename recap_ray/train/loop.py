@@ -37,6 +37,7 @@ class TrainJob:
     run_dir: str  # run directory (local path or cloud URI for checkpoints)
     tokenizer: str  # sentencepiece model the prompts are encoded with (copied into every checkpoint)
     session: str  # id of this job invocation (restarts within it are counted)
+    dataset_fingerprint: str | None = None  # the dataset's content fingerprint when the caller has it
     num_steps: int | None = None  # default: the config's
     batch_size: int | None = None  # global batch; default: the config's
     save_interval: int | None = None  # default: the config's
@@ -89,7 +90,7 @@ def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_
     task = make_task(job)
     num_steps, global_batch, save_interval, log_interval = _defaults(job, task.config)
     lead = ctx.rank == 0
-    fingerprint = versions.fingerprint(job.dataset)
+    fingerprint = job.dataset_fingerprint or versions.fingerprint(job.dataset)  # reads every parquet file
     if lead:
         run_record.start(job.run_dir, job.session, kind=job.kind, config=job.config, dataset=str(job.dataset),
                          dataset_fingerprint=fingerprint, init=job.init, global_batch=global_batch,

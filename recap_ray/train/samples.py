@@ -6,7 +6,7 @@ its episode's columns into the dict a model consumes: `ValueSamples` (value mode
 `PolicySamples` (pi0.6, through `transforms.policy_inputs`). `make_batch` decodes the frames of a
 list of samples (one `Dataset.frames` call per episode and camera) and stacks the samples.
 
-Per-sample randomness (adv_ind dropout, augmentation) comes from `SampleKey`: (seed, epoch, the
+Per-sample randomness (adv_ind dropout) comes from `SampleKey`: (seed, epoch, the
 sample's position in the epoch's global order), so it does not depend on threads, process count
 or resume.
 """
@@ -19,7 +19,6 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-import jax
 import numpy as np
 
 from recap_ray import transforms
@@ -29,12 +28,12 @@ from recap_ray.data import features as feats
 from recap_ray.data import meta as meta_mod
 from recap_ray.data import norm_stats as norm_stats_mod
 from recap_ray.models import tokenizer as tokenizer_mod
-from recap_ray.models import value_augment, value_config, value_preprocess, value_tokenizer
+from recap_ray.models import value_config, value_preprocess, value_tokenizer
 
 Sample = dict[str, Any]
 Arrays = Mapping[str, np.ndarray]
 # Independent random streams drawn from one SampleKey / one (seed, epoch).
-ORDER_STREAM, DROPOUT_STREAM, AUGMENT_STREAM = 0, 1, 2
+ORDER_STREAM, DROPOUT_STREAM = 0, 1
 # Per-frame task text, added to every episode's columns.
 TASK_KEY = "task"
 # Value-model camera -> dataset camera: pistar's ValueInputs on YAM keys (the head camera is the
@@ -66,10 +65,6 @@ class SampleKey:
     def rng(self, stream: int) -> np.random.Generator:
         """numpy generator of this sample's `stream`."""
         return np.random.default_rng(self.seed_sequence(stream))
-
-    def key_data(self, stream: int) -> np.ndarray:
-        """uint32 (2,): raw threefry key data of this sample's `stream` for JAX."""
-        return self.seed_sequence(stream).generate_state(2, np.uint32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +126,8 @@ class SampleMaker(Protocol):
 class ValueSamples:
     """Value-model samples (what `ValueModel.loss` takes) plus the `value_label` target.
 
-    Sample: images float32 (C, S, S, 3) in [-1, 1] (cameras `config.cameras`, resized with pad,
-    pistar's augmentation when `augment`), image_masks bool (C,), tokens int32 (L,) and token_mask
+    Sample: images float32 (C, S, S, 3) in [-1, 1] (cameras `config.cameras`, resized with pad;
+    pistar's augmentation runs on the device in the training step), image_masks bool (C,), tokens int32 (L,) and token_mask
     bool (L,) of the episode task (pistar's value prompt), value_label float32 ().
     """
 
@@ -143,9 +138,7 @@ class ValueSamples:
         config: value_config.ValueModelConfig,
         tokenizer: value_tokenizer.ValueTokenizer,
         *,
-        augment: bool,
         camera_map: Mapping[str, str] = VALUE_CAMERAS,
-        augment_config: value_augment.AugmentConfig = value_augment.AugmentConfig(),
     ):
         missing = [c for c in config.cameras if c not in camera_map]
         if missing:
@@ -154,21 +147,16 @@ class ValueSamples:
             raise ValueError(
                 f"ValueSamples: tokenizer max_len {tokenizer.max_len} != config max_token_len {config.max_token_len}"
             )
-        self.config, self.augment, self.augment_config = config, augment, augment_config
+        self.config = config
         self.camera_map = dict(camera_map)
         self.video_keys = tuple(self.camera_map[c] for c in config.cameras)
         self._tokenize = functools.lru_cache(maxsize=4096)(tokenizer.tokenize_one)
-        self._augment = jax.jit(value_augment.augment, static_argnames=("cameras", "config"))
-        self._cpu = jax.devices("cpu")[0]
 
     def __call__(self, key: SampleKey, images: Arrays, columns: Arrays) -> Sample:
         cams = self.config.cameras
         frames = {c: images[self.camera_map[c]][None] for c in cams}
         uint8, masks = value_preprocess.camera_batch_uint8(frames, cams, self.config.image_size)
         x = value_preprocess.normalize(uint8)
-        if self.augment:
-            rng = jax.random.wrap_key_data(jax.device_put(key.key_data(AUGMENT_STREAM), self._cpu))
-            x = np.asarray(self._augment(rng, jax.device_put(x, self._cpu), cameras=cams, config=self.augment_config))
         tokens, token_mask = self._tokenize(str(columns[TASK_KEY][key.frame]))
         return {
             "images": x[0],

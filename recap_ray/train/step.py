@@ -10,7 +10,7 @@ devices and the mean over micro-batches equals the mean over the batch.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -83,13 +83,15 @@ def make_step(
     return step
 
 
-def value_loss(cameras: Sequence[str], augment: bool) -> LossFn:
-    """C51 cross-entropy of the value model on {images (B,C,S,S,3) in [-1,1], image_masks, tokens, token_mask, value_label}."""
+def value_loss(cameras: tuple[str, ...], augment: bool) -> LossFn:
+    """C51 cross-entropy on {images (B,C,S,S,3) in [-1,1], image_masks, tokens, token_mask, value_label}.
 
-    def loss(model: nnx.Module, rng: jax.Array, batch: Batch) -> jax.Array:
-        images = batch["images"]
-        if augment:
-            images = value_augment.augment(rng, images, tuple(cameras))
+    Augmentation (pistar's compute_loss(train=True)): crop/resize/rotate non-wrist cameras, colour
+    jitter on all, keyed by the step's RNG.
+    """
+
+    def loss(model: nnx.Module, rng: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+        images = value_augment.augment(rng, batch["images"], cameras) if augment else batch["images"]
         logits = model(images, batch["image_masks"], batch["tokens"], batch["token_mask"])
         values = c51.expected_value(logits, model.config.v_min, model.config.v_max)
         return c51.cross_entropy(logits, batch["value_label"]), {"values": values}

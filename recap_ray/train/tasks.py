@@ -29,10 +29,6 @@ from recap_ray.train import optim, samples, state as state_lib, step as step_lib
 logger = logging.getLogger(__name__)
 
 
-def _init_rngs(seed: int) -> nnx.Rngs:
-    return nnx.Rngs(jax.random.key(seed))
-
-
 @dataclasses.dataclass
 class ValueTask:
     """pistar's value-model training: C51 on value_label, heads trainable by default, EMA 0.99."""
@@ -69,11 +65,11 @@ class ValueTask:
         return self.config.trainable_filter()
 
     def loss(self) -> step_lib.LossFn:
-        return step_lib.value_loss(self.config.cameras, augment=False)  # the sample maker augments
+        return step_lib.value_loss(tuple(self.config.cameras), self.config.augment)
 
     def sample_maker(self, ds: dataset_mod.Dataset) -> samples.SampleMaker:
         tok = value_tokenizer.ValueTokenizer(self.tokenizer_path, self.config.max_token_len)
-        return samples.ValueSamples(self.config, tok, augment=self.config.augment)
+        return samples.ValueSamples(self.config, tok)
 
     def params_item(self, graphdef: nnx.GraphDef, state: state_lib.TrainState) -> dict[str, Any]:
         """pistar's value checkpoint: {params, ema_params, step}."""
@@ -88,15 +84,13 @@ class ValueTask:
 def delta_action_stats(ds: dataset_mod.Dataset, horizon: int, delta: bool) -> dict[str, norm_stats_mod.NormStats]:
     """openpi's norm stats for a policy: state, and action chunks (made relative when `delta`) as trained."""
     running = {"state": norm_stats_mod.RunningStats(), "actions": norm_stats_mod.RunningStats()}
-    mask = np.asarray(transforms.ALOHA_DELTA_MASK)
     for _, table in ds.iter_episode_tables():
         state = feats.column_to_numpy(table.column("observation.state")).astype(np.float32)
         actions = feats.column_to_numpy(table.column("action")).astype(np.float32)
         rows = np.minimum(np.arange(len(actions))[:, None] + np.arange(horizon)[None], len(actions) - 1)
-        chunks = actions[rows]  # (T, H, D)
+        chunks = actions[rows]  # (T, H, D): the training samples' action chunks, end padded as lerobot does
         if delta:
-            n = min(mask.size, chunks.shape[-1])
-            chunks[..., :n] -= np.where(mask[:n], state[:, :n], 0)[:, None, :]
+            chunks = transforms.DeltaActions()({"state": state, "actions": chunks})["actions"]
         running["state"].update(state)
         running["actions"].update(chunks.reshape(-1, chunks.shape[-1]))
     return {k: r.result() for k, r in running.items()}
@@ -126,7 +120,7 @@ class PolicyTask:
 
     def build_model(self) -> nnx.Module:
         """pi0.5 with openpi params loaded from an SFT/base `params/` dir or one of our runs."""
-        model = self.config.model.create(_init_rngs(self.config.seed))
+        model = self.config.model.create(nnx.Rngs(jax.random.key(self.config.seed)))
         source = self.init if self.init is not None else self.config.init_params
         if source is None or source == "none":
             return model

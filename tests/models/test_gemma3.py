@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,35 +12,11 @@ from flax import nnx
 
 from recap_ray.models import gemma3
 
-SPEC_TREE = Path("/work/shared/spec/trees/value_model.tsv")
+import spec_tree
 
-
-def _spec_rows(prefix: str) -> dict[str, tuple[int, ...]]:
-    rows = {}
-    for line in SPEC_TREE.read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        path, shape, _ = line.split("\t")
-        if path.startswith(prefix):
-            rows[path[len(prefix):]] = tuple(int(s) for s in shape.strip("[]").split(","))
-    return rows
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-@pytest.mark.skipif(not SPEC_TREE.exists(), reason="spec tree not present")
 def test_gemma3_270m_tree_matches_pistar_llm_subtree():
     abstract = nnx.eval_shape(lambda: gemma3.Gemma3(gemma3.Gemma3Config.variant("gemma3_270m"), nnx.Rngs(0)))
-    got = {k: tuple(v.shape) for k, v in _flat(nnx.to_pure_dict(nnx.state(abstract))).items()}
-    assert got == _spec_rows("llm/")
+    assert spec_tree.tree_shapes(nnx.to_pure_dict(nnx.state(abstract))) == spec_tree.shapes("value_model.tsv", "llm/")
 
 
 def test_attention_pattern_global_every_sixth_layer():

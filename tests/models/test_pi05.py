@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,32 +13,15 @@ from flax import nnx, traverse_util
 from recap_ray.configs import policy
 from recap_ray.models import pi05, pi05_config
 
-TREES = Path("/work/shared/spec/trees")
+import spec_tree
 
-
-def _spec_tree(name: str) -> dict[str, tuple[tuple[int, ...], str]]:
-    rows = {}
-    for line in (TREES / name).read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        path, shape, dtype = line.split("\t")
-        rows[path] = (tuple(int(s) for s in shape.strip("[]").split(",")), dtype)
-    return rows
-
-
-def _flat(tree: dict) -> dict[str, tuple[tuple[int, ...], str]]:
-    flat = traverse_util.flatten_dict(tree, sep="/")
-    return {k: (tuple(v.shape), str(v.dtype)) for k, v in flat.items()}
-
-
-@pytest.mark.skipif(not TREES.exists(), reason="spec trees not present")
 @pytest.mark.parametrize(
     ("config", "tsv"),
     [(policy.PI06_YAM, "pi05.tsv"), (policy.PI06_YAM_LORA_INFER, "pi05_lora.tsv")],
     ids=["pi05", "pi05_lora"],
 )
 def test_real_size_tree_matches_spec(config, tsv):
-    got, want = _flat(config.abstract_params()), _spec_tree(tsv)
+    got, want = spec_tree.tree_rows(config.abstract_params()), spec_tree.rows(tsv)
     assert sorted(set(want) - set(got)) == [] and sorted(set(got) - set(want)) == []
     for path in want:
         assert got[path] == want[path], path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,36 +12,12 @@ from flax import nnx
 
 from recap_ray.models import siglip
 
-SPEC_TREE = Path("/work/shared/spec/trees/pi05.tsv")
+import spec_tree
 
-
-def _spec_rows(prefix: str) -> dict[str, tuple[int, ...]]:
-    rows = {}
-    for line in SPEC_TREE.read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        path, shape, _ = line.split("\t")
-        if path.startswith(prefix):
-            rows[path[len(prefix):]] = tuple(int(s) for s in shape.strip("[]").split(","))
-    return rows
-
-
-def _flat_shapes(tree: dict, prefix: str = "") -> dict[str, tuple[int, ...]]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat_shapes(value, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = tuple(value.shape)
-    return out
-
-
-@pytest.mark.skipif(not SPEC_TREE.exists(), reason="spec tree not present")
 def test_so400m_tree_matches_openpi_img_subtree():
     config = siglip.SiglipConfig.so400m(num_classes=2048)
     abstract = nnx.eval_shape(lambda: siglip.Siglip(config, rngs=nnx.Rngs(0)))
-    got = _flat_shapes(nnx.to_pure_dict(nnx.state(abstract)))
-    assert got == _spec_rows("PaliGemma/img/")
+    assert spec_tree.tree_shapes(nnx.to_pure_dict(nnx.state(abstract))) == spec_tree.shapes("pi05.tsv", "PaliGemma/img/")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -15,33 +14,16 @@ from flax import nnx
 
 from jobs import params as params_job
 from recap_ray.configs import registry
-from recap_ray.models import c51, value, value_preprocess, value_tokenizer
+from recap_ray.models import c51, value, value_preprocess, value_tokenizer, weights
 
-SPEC_TREE = Path("/work/shared/spec/trees/value_model.tsv")
+import spec_tree
 
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, sub in tree.items():
-        if isinstance(sub, dict):
-            out.update(_flat(sub, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = sub
-    return out
-
-
-@pytest.mark.skipif(not SPEC_TREE.exists(), reason="spec tree not present")
 def test_real_size_tree_matches_spec_tsv_via_jobs_params():
-    want = []
-    for line in SPEC_TREE.read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        path, shape, dtype = line.split("\t")
-        want.append(f"{path} [{shape.strip('[]')}] {dtype}")
+    want = [f"{path} [{','.join(map(str, shape))}] {dtype}" for path, (shape, dtype) in spec_tree.rows("value_model.tsv").items()]
     got = params_job.main(params_job.Args(config="value"))
     assert got == sorted(want)
     assert len(got) == 239
-    total = sum(math.prod(v.shape) for v in _flat(registry.get("value").abstract_params()).values())
+    total = sum(math.prod(v.shape) for v in weights.flatten(registry.get("value").abstract_params()).values())
     assert total == 683_191_609
 
 
@@ -177,12 +159,12 @@ def test_freeze_modes_leave_frozen_leaves_bit_identical(tiny, mode, frozen_prefi
         return optax.apply_updates(trainable, updates)
 
     new = step(trainable, rest, tx.init(trainable))
-    before = _flat(nnx.to_pure_dict(nnx.state(model)))
-    after = _flat(nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, new, rest))))
+    before = weights.flatten(nnx.to_pure_dict(nnx.state(model)))
+    after = weights.flatten(nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, new, rest))))
     changed = {k for k in before if not np.array_equal(np.asarray(before[k]), np.asarray(after[k]))}
     frozen = {k for k in before if k.startswith(frozen_prefixes)} if frozen_prefixes else set()
     assert not (changed & frozen), sorted(changed & frozen)[:5]
-    trainable_paths = set(_flat(nnx.to_pure_dict(trainable)))
+    trainable_paths = set(weights.flatten(nnx.to_pure_dict(trainable)))
     assert trainable_paths == set(before) - frozen
     # every trainable group moved (the token table is trainable but stop_gradient'ed)
     for prefix in ("value_head/", "cross_attention/", "img_projection/", "llm/layer_0/", "img/Transformer/"):

@@ -16,16 +16,6 @@ from recap_ray.models import value_weights as vw
 from recap_ray.models import weights
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, sub in tree.items():
-        if isinstance(sub, dict):
-            out.update(_flat(sub, f"{prefix}{key}/"))
-        else:
-            out[f"{prefix}{key}"] = np.asarray(sub)
-    return out
-
-
 def _nest(flat: dict) -> dict:
     tree: dict = {}
     for path, leaf in flat.items():
@@ -42,7 +32,7 @@ def tiny():
     """value_tiny with O(1) random float32 params (numpy pure dict) and a jitted logits function."""
     config = registry.get("value_tiny")
     graphdef, abstract = nnx.split(config.abstract_model())
-    flat_abstract = _flat(jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), nnx.to_pure_dict(abstract)))
+    flat_abstract = weights.flatten(jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), nnx.to_pure_dict(abstract)))
     rng = np.random.default_rng(0)
     params = _nest({k: (rng.normal(size=v.shape) * 0.3).astype(np.float32) for k, v in flat_abstract.items()})
     ema = jax.tree.map(lambda a: (a * 0.5).astype(np.float32), params)
@@ -72,7 +62,7 @@ def _logits(run, model):
 def _write_siglip_npz(path: Path, img: dict, depth: int) -> None:
     """big_vision style: `params/img/...`, unscanned `encoderblock_N`, plus text-tower extras."""
     flat = {}
-    for key, arr in _flat(img).items():
+    for key, arr in weights.flatten(img).items():
         if key.startswith("Transformer/encoderblock/"):
             leaf = key[len("Transformer/encoderblock/"):]
             for i in range(depth):
@@ -104,7 +94,7 @@ def raw_gemma_bundle(tmp_path, tiny, sentencepiece_model):
     config, params, _, _ = tiny
     root = tmp_path / "vlm_ckpt_raw"
     raw: dict = {}
-    for key, arr in _flat(params["llm"]).items():
+    for key, arr in weights.flatten(params["llm"]).items():
         module, leaf = key.rsplit("/", 1)
         if module.endswith("/mlp"):  # gemma keeps mlp weights as {"w": ...}
             module, leaf = key, "w"
@@ -122,8 +112,8 @@ def test_value_tree_bundle_loads_and_gives_identical_outputs(value_tree_bundle, 
     assert bundle.layout == vw.LAYOUT_VALUE_TREE
     assert bundle.gemma_checkpoint.name == "step_00020000"
     model = vw.load_model(config, bundle_dir=value_tree_bundle)
-    loaded = _flat(vw.params_of(model))
-    want = _flat(params)
+    loaded = weights.flatten(vw.params_of(model))
+    want = weights.flatten(params)
     assert loaded.keys() == want.keys()
     for key in want:
         np.testing.assert_array_equal(loaded[key], want[key], err_msg=key)
@@ -132,8 +122,8 @@ def test_value_tree_bundle_loads_and_gives_identical_outputs(value_tree_bundle, 
 
 def test_value_tree_bundle_ema_choice(value_tree_bundle, tiny):
     config, _, ema, _ = tiny
-    got = _flat(vw.load_bundle(config, value_tree_bundle, use_ema=True))
-    for key, arr in _flat(ema).items():
+    got = weights.flatten(vw.load_bundle(config, value_tree_bundle, use_ema=True))
+    for key, arr in weights.flatten(ema).items():
         np.testing.assert_array_equal(got[key], arr, err_msg=key)
 
 
@@ -142,14 +132,14 @@ def test_raw_gemma_bundle_loads_llm_and_siglip_keeps_fresh_heads(raw_gemma_bundl
     monkeypatch.setenv(vw.BUNDLE_ENV_VAR, str(raw_gemma_bundle))  # no --vlm-bundle: env fallback
     assert vw.inspect_bundle(None).layout == vw.LAYOUT_RAW_GEMMA
     model = vw.load_model(config)
-    got = _flat(vw.params_of(model))
-    want = _flat(params)
+    got = weights.flatten(vw.params_of(model))
+    want = weights.flatten(params)
     for key in want:
         if key.startswith("llm/"):  # stored as bfloat16, cast back to float32
             np.testing.assert_array_equal(got[key], want[key].astype(jax.numpy.bfloat16).astype(np.float32), err_msg=key)
         elif key.startswith("img/"):
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)
-    fresh = _flat(jax.jit(lambda: nnx.to_pure_dict(nnx.state(config.create(0), nnx.Param)))())
+    fresh = weights.flatten(jax.jit(lambda: nnx.to_pure_dict(nnx.state(config.create(0), nnx.Param)))())
     for key in fresh:
         if key.split("/")[0] in vw.HEAD_MODULES:
             np.testing.assert_array_equal(got[key], fresh[key], err_msg=key)
@@ -169,12 +159,12 @@ def test_value_checkpoint_round_trip_in_pistar_layout(tmp_path, tiny):
     assert step == 7
     np.testing.assert_array_equal(np.asarray(run(got)), np.asarray(run(params)))
     got, _ = vw.load_checkpoint(path, use_ema=True)
-    for key, arr in _flat(ema).items():
-        np.testing.assert_array_equal(_flat(got)[key], arr, err_msg=key)
+    for key, arr in weights.flatten(ema).items():
+        np.testing.assert_array_equal(weights.flatten(got)[key], arr, err_msg=key)
     # a parent directory resolves to its last step_*; that one holds params/ema swapped
     got, step = vw.load_checkpoint(tmp_path / "ckpts", use_ema=True)
     assert step == 12
-    np.testing.assert_array_equal(_flat(got)["value_head/linear2/bias"], _flat(params)["value_head/linear2/bias"])
+    np.testing.assert_array_equal(weights.flatten(got)["value_head/linear2/bias"], weights.flatten(params)["value_head/linear2/bias"])
     model = vw.load_model(config, checkpoint=path, use_ema=False)
     np.testing.assert_array_equal(_logits(run, model), np.asarray(run(params)))
 
@@ -196,12 +186,12 @@ def test_missing_files_are_named(value_tree_bundle, raw_gemma_bundle, tmp_path, 
 
 def test_mismatched_keys_are_named(tmp_path, tiny):
     config, params, _, _ = tiny
-    flat = _flat(params)
+    flat = weights.flatten(params)
     del flat["llm/layer_1/mlp/linear"]
     vw.save_checkpoint(tmp_path / "a", 1, _nest(flat))
     with pytest.raises(weights.CheckpointMismatch, match="llm/layer_1/mlp/linear"):
         vw.load_checkpoint(tmp_path / "a", config=config)
-    flat = _flat(params)
+    flat = weights.flatten(params)
     flat["img_projection/kernel"] = np.zeros((3, 3), np.float32)
     vw.save_checkpoint(tmp_path / "b", 1, _nest(flat))
     with pytest.raises(weights.CheckpointMismatch, match="img_projection/kernel"):

@@ -121,7 +121,7 @@ def test_every_frame_once_per_epoch_epochs_differ_remainder_dropped(train_datase
 
 @pytest.mark.parametrize("kind", ["value", "policy"])
 def test_two_process_slices_concatenate_to_the_one_process_batch(train_dataset, value_tok, prompt_tok, kind):
-    maker = (samples.ValueSamples(VALUE, value_tok, augment=True) if kind == "value"
+    maker = (samples.ValueSamples(VALUE, value_tok) if kind == "value"
              else samples.PolicySamples(_policy_config(4, dropout=True), STATS, prompt_tok))  # fmt: skip
     common = {"global_batch": 4, "seed": 11, "threads": 2, "prefetch": 2}
     whole = _take(batches.BatchLoader(train_dataset, maker, **common), 2)
@@ -134,7 +134,7 @@ def test_two_process_slices_concatenate_to_the_one_process_batch(train_dataset, 
 
 @pytest.mark.parametrize("kind", ["value", "policy"])
 def test_resume_from_a_saved_position_equals_the_uninterrupted_stream(train_dataset, value_tok, prompt_tok, kind):
-    maker = (samples.ValueSamples(VALUE, value_tok, augment=True) if kind == "value"
+    maker = (samples.ValueSamples(VALUE, value_tok) if kind == "value"
              else samples.PolicySamples(_policy_config(4, dropout=True), STATS, prompt_tok))  # fmt: skip
     common = {"global_batch": 4, "seed": 7}
     full = _take(batches.BatchLoader(train_dataset, maker, threads=2, **common), 8)  # crosses into epoch 1
@@ -213,7 +213,7 @@ def test_adv_ind_dropout_is_drawn_per_sample_from_the_seed(train_dataset, prompt
 
 
 def test_value_batch_holds_the_frame_images_prompt_and_label(train_dataset, value_tok):
-    maker = samples.ValueSamples(VALUE, value_tok, augment=False)
+    maker = samples.ValueSamples(VALUE, value_tok)
     with batches.BatchLoader(train_dataset, maker, global_batch=24, seed=0, threads=2) as loader:
         keys = loader.keys(0, 0)
         batch = next(loader)
@@ -235,12 +235,6 @@ def test_value_batch_holds_the_frame_images_prompt_and_label(train_dataset, valu
             frames = {cam: ds.frames(k.episode, key, [k.frame]) for cam, key in PISTAR_VALUE_CAMERAS.items()}
             want_images, _ = value_preprocess.camera_batch(frames, VALUE.cameras, size)
             np.testing.assert_array_equal(batch["images"][i], want_images[0])
-    augmented = samples.ValueSamples(VALUE, value_tok, augment=True)
-    with batches.BatchLoader(train_dataset, augmented, global_batch=24, seed=0, threads=0) as loader:
-        aug = next(loader)
-    assert not np.array_equal(aug["images"], batch["images"]) and np.abs(aug["images"]).max() <= 1.0
-    for key in ("image_masks", "tokens", "token_mask", "value_label"):
-        np.testing.assert_array_equal(aug[key], batch[key])
 
 
 def test_bad_positions_and_process_counts_are_refused(train_dataset, tmp_path):
@@ -282,7 +276,7 @@ def test_decode_errors_name_the_episode_and_frame(train_dataset, value_tok, monk
         raise video.VideoError("corrupt video data")
 
     monkeypatch.setattr(dataset_mod.Dataset, "frames", broken)
-    maker = samples.ValueSamples(VALUE, value_tok, augment=False)
+    maker = samples.ValueSamples(VALUE, value_tok)
     with batches.BatchLoader(train_dataset, maker, global_batch=4, seed=0, threads=1) as loader:
         k = loader.keys(0, 0)[0]
         with pytest.raises(samples.SampleError, match=rf"episode {k.episode}, frames? .*{k.frame}.*corrupt video data"):
@@ -308,7 +302,7 @@ def test_batches_feed_the_models_losses(train_dataset, value_tok, prompt_tok):
         graphdef, params = nnx.split(model)
         return jax.eval_shape(lambda p, *a: fn(nnx.merge(graphdef, p), *a), params, *args)
 
-    with batches.BatchLoader(train_dataset, samples.ValueSamples(VALUE, value_tok, augment=True),
+    with batches.BatchLoader(train_dataset, samples.ValueSamples(VALUE, value_tok),
                              global_batch=2, seed=0, threads=0) as loader:  # fmt: skip
         vb = next(loader)
     out = traced_loss(VALUE.abstract_model(), lambda m, b: m.loss(b["images"], b["image_masks"], b["tokens"],
