@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -107,6 +108,7 @@ def through_ray(spec: relabel_actors.InferenceSpec, episodes: list[tuple[int, in
 
 def main(args: Args) -> dict[str, Any]:
     """Run the benchmark; returns (and logs, and optionally writes) the results."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # the in-process model and the actors share the GPU
     work = Path(tempfile.mkdtemp(prefix="bench_relabel_"))
     try:
         data = args.dataset or make_dataset.main(make_dataset.Config(

@@ -19,9 +19,10 @@ DATA_AXES = (BATCH_AXIS, FSDP_AXIS)
 MIN_SHARD_BYTES = 4 * 2**20  # openpi: arrays under 4 MiB stay replicated
 
 
-def make_mesh(fsdp_devices: int | None = None) -> Mesh:
-    """A (devices/fsdp, fsdp) mesh over all global devices; fsdp None = all devices (pistar's auto)."""
-    devices = jax.devices()
+def make_mesh(fsdp_devices: int | None = None, devices: list[jax.Device] | None = None) -> Mesh:
+    """A (devices/fsdp, fsdp) mesh over `devices` (default: all global devices); fsdp None = all of them
+    (pistar's auto)."""
+    devices = jax.devices() if devices is None else list(devices)
     fsdp = len(devices) if fsdp_devices is None else fsdp_devices
     if fsdp < 1 or len(devices) % fsdp:
         raise ValueError(f"fsdp_devices={fsdp} does not divide the {len(devices)} devices")
