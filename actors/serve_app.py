@@ -7,14 +7,15 @@ frame first, then for each binary frame decodes and validates the observation, a
 chunk from the model deployment and sends it back with openpi's `server_timing`. A bad request gets
 one text frame naming the problem, then a close (1008); an internal failure the traceback, then
 1011 (openpi's behaviour). Other sessions are untouched. `GET /healthz` answers "OK".
-`PolicyModel` batches requests from every session and ingress replica into one model call.
+`PolicyModel` batches requests from every session and ingress replica into one model call
+(continuous batching: what queued while a call ran is the next call).
 No `from __future__ import annotations` here: FastAPI must see the real `WebSocket` annotation on
 the handler of the class Serve rebuilds, or it refuses every upgrade with HTTP 403.
 
 Serve config: `import_path: actors.serve_app:build_app` with the `AppConfig` fields as `args`.
 """
 
-import asyncio
+import functools
 import hmac
 import logging
 import time
@@ -27,7 +28,7 @@ from fastapi.responses import PlainTextResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from recap_ray.serve import app_config, msgpack_numpy, policy, protocol
+from recap_ray.serve import app_config, batcher, msgpack_numpy, policy, protocol
 
 logger = logging.getLogger(__name__)
 
@@ -45,17 +46,17 @@ class PolicyModel:
         self.policy = policy.Policy.load(config.checkpoint, config.config, tokenizer_path=config.tokenizer,
                                          options=config.policy_options)  # fmt: skip
         self.policy.warmup()  # compile before the replica reports ready
-        self.infer.set_max_batch_size(config.max_batch_size)
-        self.infer.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self.batcher = batcher.ContinuousBatcher(functools.partial(self.policy.infer_batch, isolate_errors=True),
+                                                 config.max_batch_size, config.batch_wait_timeout_s)  # fmt: skip
 
     def metadata(self) -> dict[str, Any]:
         """The metadata frame every session starts with (includes the observation limits)."""
         return self.policy.metadata
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def infer(self, observations: list[dict[str, Any]]) -> list[dict[str, Any] | Exception]:
-        """A batch of observations -> answers; a bad one raises to its own caller only."""
-        return await asyncio.to_thread(self.policy.infer_batch, observations, isolate_errors=True)
+    async def infer(self, observation: dict[str, Any]) -> dict[str, Any]:
+        """One observation -> its answer, computed in a batch with whatever else is queued
+        (`batcher.ContinuousBatcher`, not `@serve.batch`: see there); a bad one raises to its caller only."""
+        return await self.batcher.submit(observation)
 
 
 @serve.deployment
