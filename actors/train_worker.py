@@ -5,7 +5,29 @@ One worker process per host owns all of that host's GPUs; `JaxConfig(use_gpu=Tru
 `JAX_PLATFORMS=cpu`, which is how the tests run two processes on one machine). A failed worker
 tears the group down and Ray starts a new one, which resumes from the run's newest checkpoint.
 With `min_workers < num_workers` the group is elastic: it runs on whatever fits in between, with
-the same global batch. A preemption costs at most one checkpoint interval (see `_stop_flag`).
+the same global batch (which every world size in between must divide). Ray 2.60 sizes a restart by
+the resource totals of the live nodes, so only a node that leaves shrinks the group; a restart
+right after a preemption may first ask for the old size while the drained node is still alive and
+falls back after `RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S` (60 s).
+
+Preemption (Ray 2.60). A spot reclaim or pod deletion sends SIGTERM to the node's `ray start
+--block` process, which drains its node with reason PREEMPTION and a deadline
+(`RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S`, 30 s; `ray/_private/node.py` `_drain_node_before_shutdown`)
+and kills the node's processes once the node is idle or the deadline passes; `ray drain-node` and
+the autoscaler send the same notice. Ray Train's preemption watcher polls the draining nodes
+(`RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S`, 5 s) and marks every worker, and
+`ray.train.get_preemption_info()` hands the notice to all ranks at the same call. The loop asks once
+per step (`should_stop`), so every rank saves the same step, then raises `loop.Preempted`: Ray Train
+restarts the group at once on the nodes that are not draining, from that checkpoint. The restart
+counts against `max_failures` (a worker error). Waiting for the node to die instead would not move
+it to `max_preemption_failures` either: the raylet records a SIGTERM-drained node's death as
+EXPECTED_TERMINATION, not PREEMPTION (seen in raylet.out on 2.60), so the dead worker is not flagged
+preempted.
+SIGTERM sent to a worker process itself is no preemption notice: Ray's worker main loop owns that
+signal (`ray/_private/worker.py` `Worker.main_loop` raises SystemExit(1) on the main thread, the
+core worker reports the worker dead, and the interpreter exits past Ray Train's daemon training
+thread; no atexit hook or other thread's `finally` runs, checked on 2.60), the training thread
+cannot install a handler, and the raylet itself SIGTERMs the workers it stops.
 """
 
 from __future__ import annotations
@@ -13,8 +35,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
-import threading
 from typing import Any
 
 import ray.train
@@ -39,28 +59,13 @@ class Resources:
     env: tuple[tuple[str, str], ...] = ()  # extra environment variables for the workers
 
 
-def _stop_flag() -> threading.Event:
-    """An event set on SIGTERM, when this function runs on the main thread (Ray Train's local mode).
+def _preemption_notice() -> bool:
+    """`should_stop` for the loop: whether Ray Train reports a node of this worker group draining.
 
-    In a Ray Train worker process the loop runs on a training thread, where Python cannot install
-    signal handlers, and Ray's worker main loop owns SIGTERM (it exits the process; a
-    `worker_process_setup_hook` handler is replaced by it, checked on Ray 2.60). There the event
-    never fires and a preempted worker loses at most one checkpoint interval.
+    `ray.train.get_preemption_info` is a barrier (rank 0's answer goes to every rank), so each rank
+    must call it the same number of times: once per step, as the loop does.
     """
-    flag = threading.Event()
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def handler(signum: int, frame: Any) -> None:
-        logger.warning("SIGTERM: saving a checkpoint before exiting")
-        flag.set()
-        if callable(previous) and previous not in (signal.SIG_IGN, signal.SIG_DFL):
-            previous(signum, frame)
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
-    else:
-        logger.info("train loop is not on the main thread; SIGTERM handler not installed")
-    return flag
+    return ray.train.get_preemption_info() is not None
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -68,14 +73,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every array it writes at INFO
     ctx = ray.train.get_context()
     job = loop.TrainJob(**config)
-    flag = _stop_flag()
     loop.train(
         job,
         loop.WorkerContext(
             rank=ctx.get_world_rank(),
             world_size=ctx.get_world_size(),
             report=lambda metrics: ray.train.report(metrics),
-            should_stop=flag.is_set,
+            should_stop=_preemption_notice,
         ),
     )
 

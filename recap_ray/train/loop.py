@@ -113,6 +113,8 @@ def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_
         logger.info("resumed %s at step %d", job.run_dir, latest)
     state = jax.device_put(state, shardings)
     start = int(state.step)
+    if lead:
+        run_record.update(job.run_dir, start_step=start)
 
     with dataset_mod.open(job.dataset) as ds:
         maker = task.sample_maker(ds)

@@ -1,8 +1,9 @@
 """RUN_DIR/run.json: what a run is and how far it got, rewritten atomically as it goes.
 
 Fields: kind, config, dataset, dataset_fingerprint, init, global_batch, num_steps, step (the last
-finished step), restarts (worker-group restarts after a failure within one job), checkpoints (the
-saved steps), status (running / finished / preempted), world_size, metrics (the last logged), session (the job
+finished step), start_step (the step the latest (re)start resumed from), restarts (worker-group
+restarts after a failure or preemption within one job), checkpoints (the saved steps), status
+(running / finished / preempted), world_size, metrics (the last logged), session (the job
 invocation), updated (UTC time).
 """
 

@@ -1,10 +1,15 @@
 """Training on Ray Train: two worker processes (jax.distributed on CPU) match one, a killed worker
-is replaced and the run resumes from its last checkpoint, run.json counts the restart."""
+is replaced and the run resumes from its last checkpoint, run.json counts the restart; a node
+preempted by SIGTERM gets a checkpoint at the current step and the run finishes elsewhere."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 
@@ -12,11 +17,21 @@ import jax
 import numpy as np
 import psutil
 import pytest
+import ray
+from ray.util import placement_group, remove_placement_group
 
 from jobs import training
 from recap_ray.configs import registry
 from recap_ray.models import checkpoints, value_weights, weights
 from recap_ray.train import run_record
+
+
+@pytest.fixture(autouse=True)
+def _fast_controller(monkeypatch):
+    """The driver passes these to Ray Train's controller: a report waits for its poll (2 s by default),
+    a preemption notice for the watcher's (5 s)."""
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    monkeypatch.setenv("RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S", "0.2")
 
 
 def _config(tmp_path, name, train_dataset, sentencepiece_model, **kw):
@@ -51,6 +66,7 @@ def test_two_workers_equal_one_worker(ray_local, tmp_path, train_dataset, senten
         changed += not np.allclose(x, z)
     assert changed > 0, "training did not move any parameter"
 
+
 def _train_workers() -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
@@ -77,3 +93,52 @@ def test_killed_worker_restarts_from_last_checkpoint(ray_local, tmp_path, train_
     record = run_record.read(config.run_dir)
     assert record["status"] == "finished" and record["step"] == 120
     assert record["restarts"] >= 1, record
+
+
+def _wait_for(condition, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"no {what} within {timeout} s")
+
+
+def test_sigterm_to_node_saves_current_step_and_run_resumes_elsewhere(ray_local, tmp_path, train_dataset, sentencepiece_model):
+    """Kubernetes preempts a pod by SIGTERM to its `ray start --block`, which drains the node for
+    preemption: the worker there saves the step it is at, and the group restarts on the head."""
+    head_cpus = ray.cluster_resources()["CPU"]
+    hold = placement_group([{"CPU": head_cpus}])  # fills the head: the group starts on the new node
+    assert hold.wait(60), "the head node's CPUs are not free"
+    # Its own short temp dir: `ray start` writes the cluster address there, where ray.init() looks.
+    node_dir = tempfile.mkdtemp(prefix="rn", dir="/tmp")
+    node = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--address", ray.get_runtime_context().gcs_address,
+         "--num-cpus", "1", "--temp-dir", node_dir, "--block", "--disable-usage-stats"],
+        env={**os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "20"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    config = _config(tmp_path, "preempted", train_dataset, sentencepiece_model, num_workers=1, num_steps=40,
+                     save_interval=1000, log_interval=1, max_failures=1)  # fmt: skip
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(training.run(config, "value")))
+    try:
+        _wait_for(lambda: ray.cluster_resources().get("CPU", 0) > head_cpus, 60, "second node")
+        thread.start()
+        _wait_for(lambda: run_record.read(config.run_dir).get("step", 0) >= 2, 300, "training step 2")
+        node.send_signal(signal.SIGTERM)
+        preempted = _wait_for(lambda: (r := run_record.read(config.run_dir)).get("status") == "preempted" and r, 60, "preemption checkpoint")
+    finally:
+        remove_placement_group(hold)  # the restarted group fits on the head again
+        if thread.ident:
+            thread.join(timeout=300)
+        if node.poll() is None:
+            node.terminate()
+        node.wait(timeout=60)
+        shutil.rmtree(node_dir, ignore_errors=True)
+    assert not thread.is_alive() and result, "the run did not finish"
+    step = preempted["step"]
+    assert 2 <= step < 40 and preempted["checkpoints"] == [step], preempted  # the step it was at, no interval save
+    record = run_record.read(config.run_dir)
+    assert (record["status"], record["step"], record["start_step"], record["restarts"]) == ("finished", 40, step, 1), record
+    assert record["checkpoints"] == [step, 40]
