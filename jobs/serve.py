@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,6 +24,8 @@ from ray import serve
 from actors import serve_app
 from jobs import cli
 from recap_ray.serve import app_config, ws_client
+
+INLINE_ARGS_BYTES = 4 << 20  # Ray's default inlines call arguments up to 100 KiB
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,9 @@ def _absolute(path: str | None) -> str | None:
 def start(config: Config) -> tuple[str, dict[str, Any]]:
     """Deploy the application and wait until it accepts connections; returns (ws URI, metadata)."""
     if not ray.is_initialized():
+        # Observations (three cameras: 0.5-3 MB) then travel from ingress to model inline with the
+        # call instead of through the object store: ~3.5 ms less per request (measured on CPU, 450 KB).
+        os.environ.setdefault("RAY_max_direct_call_object_size", str(INLINE_ARGS_BYTES))
         ray.init()
     gpus = ray.cluster_resources().get("GPU", 0)
     if config.app.num_gpus > 0 and gpus < config.app.num_gpus:
