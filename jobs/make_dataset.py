@@ -126,17 +126,18 @@ def main(config: Config) -> Path:
         if kind == "rollout":
             interventions += int(episode.intervention.sum())
             frames += episode.length
-    root = out.finalize(lineage={"job": "make_dataset", "config": _plain(dataclasses.asdict(config))})
+    root = out.finalize(lineage={"job": "make_dataset", "config": plain(dataclasses.asdict(config))})
     logger.info("wrote %s: demos %d/%d successful, rollouts %d/%d successful, rollout intervention rate %.3f",
                 root, *tally["demo"], *tally["rollout"], interventions / frames if frames else 0.0)
     return root
 
 
-def _plain(value: object) -> object:
+def plain(value: object) -> object:
+    """`value` with paths as strings and tuples as lists, for JSON lineage."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     return str(value) if isinstance(value, Path) else value
 
 

@@ -1,27 +1,32 @@
-"""python -m jobs.round --config ROUND.yaml --output DIR   (or: --demo --output DIR)
+"""python -m jobs.round --config ROUND.yaml --output DIR   (or: --demo | --experiment --output DIR)
 
 One RECAP round: data (merge new rollouts with the previous round's data, add the RECAP columns),
-value model, relabel, policy fine-tune (from the SFT checkpoint or the previous round's policy),
-then serve the policy and evaluate it in closed loop on the simulated task. Stages are recorded in
-DIR/round.json; a crashed round resumes from the last finished stage; every stage writes new
-directories under DIR and never touches its inputs. `skip_value: true` trains on the labels the data
-already carries (pistar's Stage 3: interventions positive, the rest none), the right first round on
-small data. `--demo` generates the simulated task's data and runs every stage with tiny models on a
-local Ray, including an SFT baseline, and ends with the success-rate table.
+on the simulated task optionally DAgger rollouts of the served init policy with the simulated
+operator's corrections (`collect_rollouts`), value model, relabel, policy fine-tune (from the SFT
+checkpoint or the previous round's policy), then serve the policy and evaluate it in closed loop
+on the simulated task. Stages are recorded in DIR/round.json; a crashed round resumes from the
+last finished stage; every stage writes new directories under DIR and never touches its inputs.
+`skip_value: true` trains on the labels the data already carries (pistar's Stage 3: interventions
+positive, the rest none), the right first round on small data. `--demo` generates the simulated
+task's data and runs every stage with tiny models on a local Ray, including an SFT baseline, and
+ends with the success-rate table; `--experiment` is the same at the size of BENCHMARKS.md
+"RECAP vs SFT", with the served SFT policy's corrected rollouts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from jobs import cli, evaluate, make_dataset, merge, prepare, relabel, serve, train_policy, train_value, training
+from jobs import cli, collect, evaluate, make_dataset, merge, prepare, relabel, serve, train_policy, train_value, training
 from recap_ray import manifest as manifest_lib
 from recap_ray.configs import registry
 from recap_ray.data import dataset as dataset_mod
@@ -43,8 +48,11 @@ class RoundConfig:
     tokenizer: str | None = None  # PaliGemma sentencepiece model for the policy
     value_tokenizer: str | None = None  # Gemma3 sentencepiece model for the value model
     skip_value: bool = False  # train on the data's own labels (no value model, no relabel)
+    collect_rollouts: int = 0  # simulated task: DAgger rollouts of the served init policy with corrections, merged in
+    collect_seed: int = 0  # seed of those rollouts (rollout i starts from (seed, 3, i))
     value_steps: int | None = None  # default: the config's
     policy_steps: int | None = None  # default: the config's
+    sft_steps: int | None = None  # steps of the SFT baseline a simulated round trains first (default: policy_steps)
     batch_size: int | None = None  # global batch of both trainings (default: the configs')
     lookahead: int = 50  # N of the N-step advantage
     positive_ratio: float = 0.3  # fraction of autonomous frames labelled positive
@@ -54,7 +62,7 @@ class RoundConfig:
     gpus_per_actor: float | None = None  # GPUs per actor
     eval_episodes: int = 0  # closed-loop episodes on the simulated task (0: no evaluation)
     eval_baseline: str | None = None  # checkpoint evaluated beside the new policy (default: the init policy)
-    serve_port: int = 8000  # port of the evaluation endpoint
+    serve_port: int = 8000  # port of the collection and evaluation endpoints (may change when resuming)
 
     @classmethod
     def from_yaml(cls, path: Path) -> "RoundConfig":
@@ -76,6 +84,10 @@ class Config:
     """Round YAML (fields of RoundConfig)."""
     demo: bool = False
     """Generate the simulated task's data and run a whole round with tiny models, SFT vs RECAP."""
+    experiment: bool = False
+    """The simulated round of BENCHMARKS.md "RECAP vs SFT": SFT, its served rollouts with corrections, RECAP; ~1 h on CPU."""
+    serve_port: int | None = None
+    """--demo / --experiment: port of the collection and evaluation endpoints (default 8000)."""
 
 
 def _has_recap_columns(path: Path) -> bool:
@@ -95,16 +107,18 @@ def data_stage(rc: RoundConfig, out: Path) -> dict[str, Any]:
     return {"outputs": {"dataset": str(dataset)}}
 
 
-def train_stage(kind: str, rc: RoundConfig, dataset: str, run_dir: Path, init: str | None) -> dict[str, Any]:
+def train_stage(kind: str, rc: RoundConfig, dataset: str, run_dir: Path, init: str | None,
+                steps: int | None = None) -> dict[str, Any]:
+    """Train the value model or the policy; `steps` overrides the round's step count."""
     common = dict(dataset=Path(dataset), run_dir=str(run_dir), num_workers=rc.num_workers, gpus_per_worker=rc.gpus_per_worker,
                   batch_size=rc.batch_size, init=init)  # fmt: skip
     if kind == "value":
         config = training.Config(config=rc.value_config, tokenizer=Path(rc.value_tokenizer) if rc.value_tokenizer else None,
-                                 num_steps=rc.value_steps, **common)  # fmt: skip
+                                 num_steps=steps or rc.value_steps, **common)  # fmt: skip
         record = train_value.main(config)
     else:
         config = train_policy.Config(config=rc.policy_config, tokenizer=Path(rc.tokenizer) if rc.tokenizer else None,
-                                     num_steps=rc.policy_steps, **common)  # fmt: skip
+                                     num_steps=steps or rc.policy_steps, **common)  # fmt: skip
         record = train_policy.main(config)
     return {"outputs": {"run_dir": str(run_dir)}, "checkpoints": record["checkpoints"], "metrics": record.get("metrics", {})}
 
@@ -116,28 +130,48 @@ def relabel_stage(rc: RoundConfig, dataset: str, value_run: str, out: Path) -> d
     return {"outputs": {"dataset": str(result)}}
 
 
-def evaluate_stage(rc: RoundConfig, policies: dict[str, str], out: Path) -> dict[str, Any]:
-    """Serve each policy in turn on the local Ray and run the simulated task through the websocket."""
+@contextlib.contextmanager
+def served(rc: RoundConfig, checkpoint: str, name: str) -> Iterator[str]:
+    """Serve `checkpoint` on the local Ray for the duration of the block; yields the websocket URI."""
     from ray import serve as ray_serve
 
-    infer = rc.policy_config + "_infer"
+    app = app_config.AppConfig(checkpoint=checkpoint, config=rc.policy_config + "_infer", num_gpus=min(rc.gpus_per_worker, 1),
+                               tokenizer=rc.tokenizer, fixed_noise=True)  # fmt: skip
+    uri, metadata = serve.start(serve.Config(app=app, port=rc.serve_port, name=name))
+    try:
+        answered = Path(str(metadata.get("checkpoint", "")))
+        if not answered.resolve().is_relative_to(Path(checkpoint).resolve()):
+            raise RuntimeError(f"{uri} answers for checkpoint {str(answered)!r}, not {checkpoint!r}: another server "
+                               "holds the port; set a free serve_port")  # fmt: skip
+        yield uri
+    finally:
+        ray_serve.shutdown()
+
+
+def collect_stage(rc: RoundConfig, dataset: str, policy: str, out: Path) -> dict[str, Any]:
+    """DAgger rollouts of the served `policy` with the simulated operator's corrections, merged into `dataset`."""
+    with served(rc, policy, "collect") as uri:
+        rollouts = collect.main(collect.Config(endpoint=uri, output=out / "rollouts", rollouts=rc.collect_rollouts,
+                                               seed=rc.collect_seed))  # fmt: skip
+    merged = merge.main(merge.Config(sources=(Path(dataset), rollouts), output=out / "data_collected"))
+    return {"outputs": {"rollouts": str(rollouts), "dataset": str(merged)}}
+
+
+def evaluate_stage(rc: RoundConfig, policies: dict[str, str], out: Path) -> dict[str, Any]:
+    """Serve each policy in turn on the local Ray and run the simulated task through the websocket."""
+    horizon = registry.get(rc.policy_config + "_infer").model.action_horizon
     metrics: dict[str, Any] = {}
     for label, checkpoint in policies.items():
-        app = app_config.AppConfig(checkpoint=checkpoint, config=infer, num_gpus=min(rc.gpus_per_worker, 1),
-                                   tokenizer=rc.tokenizer, fixed_noise=True)  # fmt: skip
-        uri, _ = serve.start(serve.Config(app=app, port=rc.serve_port, name=f"eval-{label}"))
-        try:
+        with served(rc, checkpoint, f"eval-{label}") as uri:
             summary = evaluate.main(evaluate.Config(endpoint=uri, episodes=rc.eval_episodes, output=out / label,
-                                                    horizon=registry.get(infer).model.action_horizon, video_episodes=1))  # fmt: skip
-        finally:
-            ray_serve.shutdown()
+                                                    horizon=horizon, video_episodes=1))  # fmt: skip
         metrics[label] = {k: summary[k] for k in ("success_rate", "success_rate_ci95", "episodes", "successes")}
     return {"outputs": {"evaluation": str(out)}, "metrics": metrics}
 
 
 def run_round(rc: RoundConfig, out: Path, *, sft_stage: bool = False) -> dict[str, Any]:
     """Run (or resume) the round's stages in order; returns round.json's contents."""
-    m = manifest_lib.Manifest(out, dataclasses.asdict(rc))
+    m = manifest_lib.Manifest(out, {k: v for k, v in dataclasses.asdict(rc).items() if k != "serve_port"})
     data = m.run("data", {"sources": list(rc.sources), "previous_round": rc.previous_round}, "merge + prepare",
                  lambda: data_stage(rc, out))["outputs"]["dataset"]  # fmt: skip
     init = rc.sft_checkpoint
@@ -146,8 +180,14 @@ def run_round(rc: RoundConfig, out: Path, *, sft_stage: bool = False) -> dict[st
         init = previous["stages"]["policy"]["outputs"]["run_dir"]
     if sft_stage:  # demo: the SFT baseline is trained here, on the data's own labels
         sft = m.run("sft", {"dataset": data}, f"jobs.train_policy --config {rc.policy_config} (data labels)",
-                    lambda: train_stage("policy", rc, data, out / "sft", init))  # fmt: skip
+                    lambda: train_stage("policy", rc, data, out / "sft", init, rc.sft_steps))  # fmt: skip
         init = sft["outputs"]["run_dir"]
+    if rc.collect_rollouts:
+        if init is None:
+            raise ValueError("collect_rollouts needs a policy to drive: set sft_checkpoint or previous_round")
+        data = m.run("collect", {"dataset": data, "policy": init},
+                     f"jobs.serve + jobs.collect --rollouts {rc.collect_rollouts} --seed {rc.collect_seed} + jobs.merge",
+                     lambda: collect_stage(rc, data, init, out))["outputs"]["dataset"]  # fmt: skip
     policy_data = data
     if not rc.skip_value:
         value = m.run("value", {"dataset": data}, f"jobs.train_value --config {rc.value_config}",
@@ -167,13 +207,28 @@ def run_round(rc: RoundConfig, out: Path, *, sft_stage: bool = False) -> dict[st
     return m.data
 
 
-# ----------------------------------------------------------------------------- demo
-
-DEMO = RoundConfig(policy_config="pi06_sim", value_config="value_tiny", value_steps=100, policy_steps=150,
-                   batch_size=8, lookahead=10, eval_episodes=10)  # fmt: skip
+# ----------------------------------------------------------------------------- simulated rounds
 
 
-def demo(out: Path) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class SimRound:
+    """A round on the simulated task: its config (sources and tokenizers are filled in) and the data generated for it."""
+
+    round: RoundConfig  # the round, SFT baseline included
+    demos: int  # expert demonstrations generated for the data stage
+    rollouts: int  # DAgger rollouts of the scripted degraded controller generated beside them
+
+
+DEMO = SimRound(RoundConfig(policy_config="pi06_sim", value_config="value_tiny", value_steps=100, policy_steps=150,
+                            batch_size=8, lookahead=10, eval_episodes=10), demos=20, rollouts=40)  # fmt: skip
+# BENCHMARKS.md "RECAP vs SFT": SFT on demos and scripted DAgger rollouts, 60 rollouts of the served SFT
+# policy with corrections, value model, relabel, RECAP fine-tune from SFT, 100 episodes each.
+EXPERIMENT = SimRound(RoundConfig(policy_config="pi06_sim_small", value_config="value_sim", sft_steps=3000,
+                                  policy_steps=2000, value_steps=1500, batch_size=32, lookahead=30,
+                                  collect_rollouts=60, eval_episodes=100), demos=40, rollouts=40)  # fmt: skip
+
+
+def simulated(out: Path, setup: SimRound, serve_port: int | None = None) -> dict[str, Any]:
     """Simulated data, a tokenizer trained here, an SFT baseline and a RECAP round, both evaluated."""
     from recap_ray import demo_assets
 
@@ -182,14 +237,16 @@ def demo(out: Path) -> dict[str, Any]:
     generated = out / "generated"
     if not (generated / "meta" / "info.json").is_file():
         shutil.rmtree(generated, ignore_errors=True)
-        make_dataset.main(make_dataset.Config(output=generated, demos=20, rollouts=40, workers=1))
-    rc = dataclasses.replace(DEMO, sources=(str(generated),), tokenizer=str(tokenizer), value_tokenizer=str(tokenizer))
+        make_dataset.main(make_dataset.Config(output=generated, demos=setup.demos, rollouts=setup.rollouts, workers=1))
+    rc = dataclasses.replace(setup.round, sources=(str(generated),), tokenizer=str(tokenizer), value_tokenizer=str(tokenizer),
+                             serve_port=serve_port or setup.round.serve_port)  # fmt: skip
     record = run_round(rc, out / "round", sft_stage=True)
     table = record["stages"].get("evaluate", {}).get("metrics", {})
-    lines = ["", "policy     success  95% CI", "---------  -------  -------------"]
+    lines = ["", "policy     success  95% CI          episodes", "---------  -------  --------------  --------"]
     for label, m in table.items():
         lo, hi = m["success_rate_ci95"]
-        lines.append(f"{'SFT' if label == 'baseline' else 'RECAP':9}  {m['success_rate']:7.2f}  [{lo:.2f}, {hi:.2f}]")
+        name = "SFT" if label == "baseline" else "RECAP"
+        lines.append(f"{name:9}  {m['success_rate']:7.2f}  [{lo:.2f}, {hi:.2f}]    {m['successes']}/{m['episodes']}")
     lines += ["", f"round manifest: {out / 'round' / manifest_lib.FILE}", f"TensorBoard:    tensorboard --logdir {out}",
               f"relabel plots:  {out / 'round' / 'relabeled.relabel'}"]  # fmt: skip
     print("\n".join(lines))
@@ -197,10 +254,12 @@ def demo(out: Path) -> dict[str, Any]:
 
 
 def main(config: Config) -> dict[str, Any]:
-    if config.demo:
-        return demo(config.output)
+    if config.demo and config.experiment:
+        raise ValueError("--demo and --experiment exclude each other")
+    if config.demo or config.experiment:
+        return simulated(config.output, EXPERIMENT if config.experiment else DEMO, config.serve_port)
     if config.config is None:
-        raise ValueError("pass --config ROUND.yaml or --demo")
+        raise ValueError("pass --config ROUND.yaml, --demo or --experiment")
     return run_round(RoundConfig.from_yaml(config.config), config.output)
 
 

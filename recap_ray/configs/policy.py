@@ -109,3 +109,16 @@ PI06_SIM, PI06_SIM_INFER = _pair(
     batch_size=8, num_train_steps=300, peak_lr=5e-4, warmup_steps=20, decay_steps=1000, decay_lr=5e-5,
     log_interval=10, save_interval=100, keep_period=100, **_TINY_RUN,
 )
+
+# The simulated task at a size that learns it on CPU: 3-layer LLM and action expert, both 64 wide,
+# a 3-block SigLIP on 56px cameras (16 tokens each), room for the 83-token prompt, float32
+# compute (bfloat16 is emulated on CPU: slower and coarser), no EMA, a few thousand steps.
+SIM_SMALL_MODEL = dataclasses.replace(
+    TINY_MODEL, max_token_len=96, paligemma_variant="small", action_expert_variant="small",
+    siglip_variant="small", image_size=56, dtype="float32",
+)
+PI06_SIM_SMALL, PI06_SIM_SMALL_INFER = _pair(
+    "pi06_sim_small", model=SIM_SMALL_MODEL, repo_id="local/sim_handover", batch_size=32, num_train_steps=3000,
+    peak_lr=5e-4, warmup_steps=100, decay_steps=3000, decay_lr=5e-5, log_interval=100, save_interval=500,
+    keep_period=500, **_TINY_RUN,
+)

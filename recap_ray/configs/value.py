@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from recap_ray.configs import registry
 from recap_ray.models import gemma3, siglip
 from recap_ray.models.value_config import ValueModelConfig
@@ -27,4 +29,11 @@ VALUE_TINY = registry.register(
         log_interval=5,
         save_interval=10,
     )
+)
+
+# The simulated task at a size that learns it on CPU: the `pi06_sim_small` SigLIP on 56px images,
+# the tiny Gemma3, every parameter trained from random init.
+VALUE_SIM = registry.register(
+    dataclasses.replace(VALUE_TINY, name="value_sim", siglip=siglip.SiglipConfig.small(), freeze_mode="none",
+                        batch_size=32, num_train_steps=1500, log_interval=100, save_interval=500)  # fmt: skip
 )

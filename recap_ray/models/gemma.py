@@ -48,6 +48,7 @@ def _variants() -> dict[str, GemmaConfig]:
     g300m = GemmaConfig(width=1024, depth=18, mlp_dim=4096, num_heads=8, num_kv_heads=1, head_dim=256)
     tiny = GemmaConfig(width=64, depth=2, mlp_dim=128, num_heads=4, num_kv_heads=1, head_dim=16)
     tiny_expert = GemmaConfig(width=32, depth=2, mlp_dim=64, num_heads=4, num_kv_heads=1, head_dim=16)
+    small = GemmaConfig(width=64, depth=3, mlp_dim=256, num_heads=4, num_kv_heads=1, head_dim=16)
 
     def with_lora(c: GemmaConfig, rank: int) -> GemmaConfig:
         cfg = lora.LoRAConfig(rank=rank, alpha=float(rank))
@@ -60,6 +61,7 @@ def _variants() -> dict[str, GemmaConfig]:
         "gemma_300m_lora": with_lora(g300m, 32),
         "tiny": tiny,
         "tiny_expert": tiny_expert,
+        "small": small,  # the simulated task's LLM and action expert (pi06_sim_small)
         "tiny_lora": with_lora(tiny, 4),
         "tiny_expert_lora": with_lora(tiny_expert, 8),
     }

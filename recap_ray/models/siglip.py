@@ -58,6 +58,12 @@ class SiglipConfig:
         kw = {"image_size": 28, **kw}
         return cls(width=32, depth=2, mlp_dim=64, num_heads=2, num_classes=num_classes, **kw)
 
+    @classmethod
+    def small(cls, num_classes: int | None = None, **kw: object) -> SiglipConfig:
+        """CPU-trainable size for the simulated task: width 64, 3 blocks, 56px images (16 tokens)."""
+        kw = {"image_size": 56, **kw}
+        return cls(width=64, depth=3, mlp_dim=256, num_heads=4, num_classes=num_classes, **kw)
+
 
 def _param(rngs: nnx.Rngs, init: jax.nn.initializers.Initializer, shape: tuple[int, ...], dtype: str) -> nnx.Param:
     return nnx.Param(init(rngs.params(), shape, jnp.dtype(dtype)))

@@ -108,16 +108,17 @@ def tile(frames: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate([frames[name] for name in render.CAMERAS], axis=1)
 
 
-def _chunk(reply: object, episode: int, step: int) -> np.ndarray:
+def action_chunk(reply: object, where: str) -> np.ndarray:
+    """The (H, 14) actions of a policy reply, checked; errors start with `where` (episode and step)."""
     if not isinstance(reply, dict) or "actions" not in reply:
-        raise ValueError(f"episode {episode} step {step}: policy must return a dict with 'actions', "
+        raise ValueError(f"{where}: policy must return a dict with 'actions', "
                          f"got {type(reply).__name__}")
     actions = np.asarray(reply["actions"], dtype=np.float64)
     if actions.ndim != 2 or actions.shape[0] < 1 or actions.shape[1] != kinematics.STATE_DIM:
-        raise ValueError(f"episode {episode} step {step}: actions must be (H>=1, {kinematics.STATE_DIM}), "
+        raise ValueError(f"{where}: actions must be (H>=1, {kinematics.STATE_DIM}), "
                          f"got {actions.shape}")
     if not np.all(np.isfinite(actions)):
-        raise ValueError(f"episode {episode} step {step}: actions contain NaN or inf")
+        raise ValueError(f"{where}: actions contain NaN or inf")
     return actions
 
 
@@ -128,8 +129,8 @@ def run_episode(policy: Policy, environment: env_lib.HandoverEnv, index: int, co
     calls = 0
     while not environment.done:
         frames = environment.frames()
-        chunk = _chunk(policy(env_lib.openpi_observation(frames, environment.state, environment.config.prompt,
-                                                         config.image_layout)), index, environment.steps)
+        observation = env_lib.openpi_observation(frames, environment.state, environment.config.prompt, config.image_layout)
+        chunk = action_chunk(policy(observation), f"episode {index} step {environment.steps}")
         calls += 1
         for k, action in enumerate(chunk[: config.replan_steps]):
             if video is not None:

@@ -1,21 +1,23 @@
 """Recording sessions: expert demonstrations and DAgger rollouts with a correcting operator.
 
-A DAgger session runs the degraded controller AUTONOMOUS while a simulated operator watches
-the expert's plan for the same state. When the autonomous plan drifts (fingertip waypoints or
-gripper commands away from the expert's for a while) or the task stalls, the operator may notice,
-reacts after a delay and takes over (CORRECTING): the expert drives until the task has advanced
-and a minimum time has passed, then hands back. Frames of CORRECTING steps get intervention = 1,
-like limb's phase.npy. Demonstrations are teleoperated: every frame is human-driven.
+A DAgger session runs a driver AUTONOMOUS (the degraded scripted controller, or a policy such as
+a served checkpoint executing a few actions of every chunk) while a simulated operator watches
+the expert's plan for the same state. When the autonomous plan drifts (fingertips or gripper
+commands away from the expert's for a while) or the task stalls, the operator may notice, reacts
+after a delay and takes over (CORRECTING): the expert drives until the task has advanced and a
+minimum time has passed, then hands back. Frames of CORRECTING steps get intervention = 1, like
+limb's phase.npy. Demonstrations are teleoperated: every frame is human-driven.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol
 
 import numpy as np
 
 from recap_ray.sim import env as env_lib
-from recap_ray.sim import kinematics, scripted, world
+from recap_ray.sim import evaluation, kinematics, scripted, world
 
 AUTONOMOUS, CORRECTING = "autonomous", "correcting"
 
@@ -105,21 +107,113 @@ def _drifting(auto: scripted.Plan, expert: scripted.Plan, config: DaggerConfig) 
     return bool(far or np.any(auto.grippers != expert.grippers))
 
 
-def record_dagger(environment: env_lib.HandoverEnv, seed: int | tuple[int, ...],
-                  degraded: scripted.Degraded, config: DaggerConfig = DaggerConfig(),
-                  render: bool = True) -> Episode:
-    """A DAgger rollout: the degraded controller drives, the operator corrects when it drifts.
+class Driver(Protocol):
+    """What drives while the operator watches: one action a step, and whether it drifts."""
 
-    With `notice_prob = 0` the operator never steps in, which measures the autonomous policy alone.
+    expert: scripted.Expert  # the operator's reference, who also drives the corrections
+
+    def reset(self, environment: env_lib.HandoverEnv, rng: np.random.Generator) -> None:
+        """Start an episode (the environment was just reset); `rng` is the driver's own stream."""
+
+    def act(self, environment: env_lib.HandoverEnv, expert_plan: scripted.Plan,
+            config: DaggerConfig) -> tuple[np.ndarray, bool]:
+        """The autonomous action for the current state, and whether its plan drifts from the expert's."""
+
+    def interrupt(self) -> None:
+        """The operator drove in between; forget pending actions."""
+
+
+class DegradedDriver:
+    """The degraded scripted controller; its plan's waypoints are compared with the expert's."""
+
+    def __init__(self, degraded: scripted.Degraded) -> None:
+        self.degraded = degraded
+        self.expert = degraded.expert
+
+    def reset(self, environment: env_lib.HandoverEnv, rng: np.random.Generator) -> None:
+        """Draw the episode's faults from `rng`."""
+        self.degraded.reset(rng)
+
+    def act(self, environment: env_lib.HandoverEnv, expert_plan: scripted.Plan,
+            config: DaggerConfig) -> tuple[np.ndarray, bool]:
+        """One degraded step; drifting if a waypoint or gripper command differs from the expert's."""
+        action, plan = self.degraded(environment.world)
+        return action, _drifting(plan, expert_plan, config)
+
+    def interrupt(self) -> None:
+        """Forget a pending hesitation."""
+        self.degraded.interrupt()
+
+
+class PolicyDriver:
+    """A policy (openpi observation dict -> {"actions": (H, 14)}) executing `replan_steps` actions a chunk.
+
+    The policy states no waypoints, so the operator compares intentions over the chunk: the
+    fingertips each of the policy's H joint targets commands against those of the expert's next H
+    actions, planned on a copy of the world; a chunk drifts if any pair is more than `drift_m`
+    apart or any gripper command (closed below 0.5) disagrees, and so does every step executed from it.
     """
+
+    def __init__(self, policy: evaluation.Policy, task: world.TaskConfig, replan_steps: int = 5,
+                 image_layout: env_lib.ImageLayout = "chw", expert: scripted.Expert | None = None) -> None:
+        if replan_steps < 1:
+            raise ValueError(f"replan_steps must be >= 1, got {replan_steps}")
+        self.policy = policy
+        self.task = task
+        self.replan_steps = replan_steps
+        self.image_layout = image_layout
+        self.expert = expert or scripted.Expert(task)
+        self.queue: list[np.ndarray] = []
+        self.chunk_drifts = False
+
+    def reset(self, environment: env_lib.HandoverEnv, rng: np.random.Generator) -> None:
+        """Start an episode with no pending actions (the policy draws nothing from `rng`)."""
+        self.queue = []
+
+    def act(self, environment: env_lib.HandoverEnv, expert_plan: scripted.Plan,
+            config: DaggerConfig) -> tuple[np.ndarray, bool]:
+        """The next action of the current chunk, asking the policy for a new chunk when it is used up."""
+        if not self.queue:
+            observation = environment.observation(self.image_layout)
+            chunk = evaluation.action_chunk(self.policy(observation), f"DAgger step {environment.steps}")
+            self.chunk_drifts = self._drifts(environment.world, chunk, config)
+            self.queue = list(chunk[: self.replan_steps])
+        return self.queue.pop(0), self.chunk_drifts
+
+    def _drifts(self, state: world.World, chunk: np.ndarray, config: DaggerConfig) -> bool:
+        sim = state.copy()
+        for action in chunk:
+            expert_action, _ = self.expert(sim)
+            apart = np.linalg.norm(world.tips(self.task, action) - world.tips(self.task, expert_action), axis=1)
+            closed = np.stack([action, expert_action])[:, list(world.GRIPPERS)] < world.GRIPPER_CLOSED_BELOW
+            if apart.max() > config.drift_m or np.any(closed[0] != closed[1]):
+                return True
+            world.advance(self.task, sim, expert_action)
+        return False
+
+    def interrupt(self) -> None:
+        """Drop the rest of the chunk: the next step asks the policy again."""
+        self.queue = []
+
+
+def record_dagger(environment: env_lib.HandoverEnv, seed: int | tuple[int, ...],
+                  driver: scripted.Degraded | Driver, config: DaggerConfig = DaggerConfig(),
+                  render: bool = True) -> Episode:
+    """A DAgger rollout: `driver` drives, the operator corrects when it drifts or stalls.
+
+    A `scripted.Degraded` controller is driven through `DegradedDriver`. With `notice_prob = 0`
+    the operator never steps in, which measures the autonomous driver alone.
+    """
+    if isinstance(driver, scripted.Degraded):
+        driver = DegradedDriver(driver)
     fps = environment.config.fps
     drift_steps, stall_steps = round(config.drift_s * fps), round(config.stall_s * fps)
     reaction_steps = round(config.reaction_s * fps)
     min_steps, max_steps = round(config.min_correction_s * fps), round(config.max_correction_s * fps)
-    world_seq, policy_rng, operator_rng = seeds(seed)
+    world_seq, driver_rng, operator_rng = seeds(seed)
     environment.reset(world_seq)
-    degraded.reset(policy_rng)
-    expert = degraded.expert
+    driver.reset(environment, driver_rng)
+    expert = driver.expert
     recorder = _Recorder(environment, render)
     phase = AUTONOMOUS
     drift = idle = corrected = takeovers = 0
@@ -127,11 +221,10 @@ def record_dagger(environment: env_lib.HandoverEnv, seed: int | tuple[int, ...],
     progress = world.stage(environment.config, environment.world)
     start_stage = progress
     while not environment.done:
-        state = environment.world
-        expert_action, expert_plan = expert(state)
+        expert_action, expert_plan = expert(environment.world)
         if phase == AUTONOMOUS:
-            action, plan = degraded(state)
-            drift = drift + 1 if _drifting(plan, expert_plan, config) else 0
+            action, drifting = driver.act(environment, expert_plan, config)
+            drift = drift + 1 if drifting else 0
             event = drift >= drift_steps or idle >= stall_steps
             if countdown is None and takeovers < config.max_corrections and event:
                 if operator_rng.random() < config.notice_prob:
@@ -151,7 +244,7 @@ def record_dagger(environment: env_lib.HandoverEnv, seed: int | tuple[int, ...],
         progress = now
         if phase == CORRECTING and corrected >= min_steps and (now > start_stage or corrected >= max_steps):
             phase = AUTONOMOUS
-            degraded.interrupt()
+            driver.interrupt()
     return recorder.episode()
 
 

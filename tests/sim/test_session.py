@@ -110,3 +110,40 @@ def test_degraded_faults_show_in_the_recorded_data(environment):
     assert misses >= 5 and hesitations >= 5, (misses, hesitations)
     demos = [(session.record_demo(environment, (0, 0, i), render=False), (0, 0, i)) for i in range(10)]
     assert sum(_missed_grasps(environment, e, s) for e, s in demos) == 0
+
+
+def test_policy_driven_dagger_marks_corrections_and_is_deterministic(environment):
+    """A policy (chunks from an openpi-style callable) drives; the operator corrects its drift."""
+    from recap_ray.sim import policies
+
+    config = session.DaggerConfig(notice_prob=1.0)
+    expert = session.PolicyDriver(policies.Scripted(environment, scripted.Expert(CFG)), CFG, replan_steps=5)
+    clean = session.record_dagger(environment, (0, 3, 0), expert, config, render=False)
+    assert clean.success and not clean.intervention.any()  # the expert's own chunks never drift
+    assert clean.length == session.record_demo(environment, (0, 3, 0), render=False).length
+
+    calls = []
+
+    def random_policy(observation):
+        calls.append(observation["images"]["cam_high"].shape)
+        return policies.Random(seed=len(calls))(observation)
+
+    episode = session.record_dagger(environment, (0, 3, 1), session.PolicyDriver(random_policy, CFG), config,
+                                    render=False)
+    # Every chunk of a random policy drifts: the drift event comes after drift_s, the takeover
+    # reaction_s later (at 30 fps: 15 drifting steps, then 6 more), i.e. at frame 20.
+    takeover = round(config.drift_s * CFG.fps) + round(config.reaction_s * CFG.fps) - 1
+    assert not episode.intervention[:takeover].any() and episode.intervention[takeover] == 1
+    block = np.flatnonzero(episode.intervention)
+    assert np.array_equal(block, np.arange(takeover, takeover + len(block)))  # one contiguous correction
+    assert round(config.min_correction_s * CFG.fps) <= len(block) <= round(config.max_correction_s * CFG.fps)
+    assert episode.length == CFG.max_steps and not episode.success  # random driving fails after the hand-back
+    autonomous = episode.length - len(block)
+    # A chunk every 5 autonomous steps, from step 0 up to the takeover step itself (the operator's
+    # decision comes after the policy's proposal), then again from the hand-back on.
+    assert len(calls) == takeover // 5 + 1 + -(-(autonomous - takeover) // 5)
+    assert calls[0] == (3, CFG.image_height, CFG.image_width)  # chw images, as served policies get them
+    calls.clear()
+    again = session.record_dagger(env_lib.HandoverEnv(CFG), (0, 3, 1), session.PolicyDriver(random_policy, CFG), config,
+                                  render=False)
+    _assert_same(episode, again)
