@@ -6,9 +6,11 @@ Writes a dataset with our writer (lerobot's encoding settings: libsvtav1, yuv420
 then times random-access and sequential reads of every camera at the same frames, ours in-process
 (`Dataset.frames`, uint8 HWC) and lerobot 0.4.4 in its peer venv (`LeRobotDataset.__getitem__`
 with lerobot's default video backend, one torch thread as in a DataLoader worker; it returns
-float32 CHW in [0, 1]). Ours is also timed with that conversion added (`*_float_chw`). The two
-alternate `repeats` times and the report gives medians of wall time and of CPU time (the steadier
-figure on a shared machine). Prints a JSON report.
+float32 CHW in [0, 1]). Ours is also timed with that conversion added (`*_float_chw`), and
+reading a sample's cameras in one `Dataset.frames_of` call, which decodes them concurrently
+(`*_item`). The runs alternate `repeats` times and the report gives medians of wall time and of
+CPU time (the steadier figure on a shared machine), and the load average before and after. Prints
+a JSON report.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ class Config:
     repeats: int = 3
     """Alternating runs of ours and lerobot per mode; medians are reported."""
     seed: int = 0
+    root: str = ""
+    """Keep the generated dataset here and reuse one already there with this config's episodes,
+    frames and size (empty: a temporary directory)."""
 
 
 def _make(root: Path, c: Config) -> Path:
@@ -69,17 +74,31 @@ def _make(root: Path, c: Config) -> Path:
     return w.finalize()
 
 
+def _reusable(root: Path, c: Config) -> bool:
+    info = root / "meta" / "info.json"
+    if not info.is_file():
+        return False
+    meta = json.loads(info.read_text())
+    shapes = {tuple(meta["features"].get(cam, {}).get("shape", ())) for cam in features.YAM_CAMERAS}
+    return (meta["total_episodes"], meta["total_frames"], shapes) == (c.episodes, c.episodes * c.frames, {(c.height, c.width, 3)})
+
+
 def _as_float_chw(frames: np.ndarray) -> np.ndarray:
     """What lerobot returns: float32 (N, 3, H, W) in [0, 1]."""
     return np.ascontiguousarray(frames.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)
 
 
-def _ours(root: Path, pairs: list[tuple[int, int]], float_chw: bool = False) -> tuple[float, float]:
-    """Wall and CPU seconds to read every camera at `pairs`, from a freshly opened dataset."""
+def _ours(root: Path, pairs: list[tuple[int, int]], float_chw: bool = False, item: bool = False) -> tuple[float, float]:
+    """Wall and CPU seconds to read every camera at `pairs`, from a freshly opened dataset: one
+    `frames` call a camera, or with `item` one `frames_of` call a sample (cameras decoded
+    concurrently, as a sample's cameras come from one `LeRobotDataset.__getitem__`)."""
     with dataset.open(root) as ds:
         ds.frames(*pairs[0][:1], features.YAM_CAMERAS[0], [pairs[0][1]])
         start, cpu = time.perf_counter(), time.process_time()
         for ep, f in pairs:
+            if item:
+                ds.frames_of(ep, features.YAM_CAMERAS, [f])
+                continue
             for cam in features.YAM_CAMERAS:
                 frames = ds.frames(ep, cam, [f])
                 if float_chw:
@@ -100,20 +119,27 @@ def _lerobot(root: Path, global_idx: np.ndarray, tmp: Path) -> dict:
 def main(c: Config) -> dict:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        root = _make(tmp / "bench_ds", c)
+        if not c.root:
+            root = _make(tmp / "bench_ds", c)
+        elif _reusable(Path(c.root), c):
+            root = Path(c.root)
+        else:
+            root = _make(Path(c.root), c)
         rng = np.random.default_rng(c.seed)
         total = c.episodes * c.frames
         modes = {
             "random": rng.choice(total, size=min(c.samples, total), replace=False),
             "sequential": np.arange(min(c.samples, total)),
         }
-        report = {"config": c.__dict__, "results": {}}
+        # Load averages (1, 5, 15 min) before and after: the machine may be shared.
+        report = {"config": c.__dict__, "load_before": os.getloadavg(), "results": {}}
         for mode, idx in modes.items():
             pairs = [(int(i) // c.frames, int(i) % c.frames) for i in idx]
-            runs: dict[str, list[tuple[float, float]]] = {"ours": [], "ours_float_chw": [], "lerobot": []}
+            runs: dict[str, list[tuple[float, float]]] = {"ours": [], "ours_float_chw": [], "ours_item": [], "lerobot": []}
             for _ in range(c.repeats):  # alternate, so load changes on a shared machine hit both
                 runs["ours"].append(_ours(root, pairs))
                 runs["ours_float_chw"].append(_ours(root, pairs, float_chw=True))
+                runs["ours_item"].append(_ours(root, pairs, item=True))
                 theirs = _lerobot(root, idx, tmp)
                 runs["lerobot"].append((theirs["seconds"], theirs["cpu_seconds"]))
             n = len(idx) * len(features.YAM_CAMERAS)
@@ -126,11 +152,14 @@ def main(c: Config) -> dict:
                 result[f"{k}_frames_per_s"] = round(n / wall[k], 1)
             result["speedup"] = round(wall["lerobot"] / wall["ours"], 2)
             result["speedup_float_chw"] = round(wall["lerobot"] / wall["ours_float_chw"], 2)
+            result["speedup_item"] = round(wall["lerobot"] / wall["ours_item"], 2)
             for k in runs:
                 result[f"{k}_frames_per_cpu_s"] = round(n / cpu[k], 1)
             result["cpu_speedup"] = round(cpu["lerobot"] / cpu["ours"], 2)
             result["cpu_speedup_float_chw"] = round(cpu["lerobot"] / cpu["ours_float_chw"], 2)
+            result["cpu_speedup_item"] = round(cpu["lerobot"] / cpu["ours_item"], 2)
             report["results"][mode] = result
+        report["load_after"] = os.getloadavg()
         return report
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import io
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 
@@ -43,6 +44,7 @@ class Dataset:
         self._max_open = max_open_videos
         self._timestamps: OrderedDict[int, np.ndarray] = OrderedDict()
         self._segments: dict[tuple[int, str], video.Segment] = {}  # (episode, key) -> span; metadata only
+        self._pool: ThreadPoolExecutor | None = None  # decodes the videos of `frames_of`, made on first use
 
     def __enter__(self) -> Dataset:
         return self
@@ -51,6 +53,9 @@ class Dataset:
         self.close()
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         for reader in self._readers.values():
             reader.close()
         self._readers.clear()
@@ -114,6 +119,33 @@ class Dataset:
 
     def frames(self, episode: int, key: str, frame_indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """uint8 frames (N, H, W, 3) of an image or video feature; all frames when no indices."""
+        return self._fetch(episode, key, frame_indices)[1]()
+
+    def frames_of(
+        self, episode: int, keys: Sequence[str], frame_indices: Sequence[int] | np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """`frames` of several features at the same indices (the cameras of one sample, as
+        `LeRobotDataset.__getitem__` returns them), their video files decoded concurrently: one
+        thread a file, as PyAV decodes without holding the GIL. With cores to spare this pays at
+        camera size: 640x480 AV1 ran 1.5x faster than a `frames` call a key at the same CPU
+        time; at 320x240, where a decode is short, the threads' hand-offs cost ~1.5x the CPU for
+        no gain (BENCHMARKS.md, Data)."""
+        if len(keys) > self._max_open:  # readers would be evicted (closed) before they decode
+            return {key: self.frames(episode, key, frame_indices) for key in keys}
+        fetches = {key: self._fetch(episode, key, frame_indices) for key in keys}
+        readers = [reader for reader, _ in fetches.values() if reader is not None]
+        if len(readers) < 2 or len(set(map(id, readers))) < len(readers):  # nothing to overlap, or a shared file
+            return {key: decode() for key, (_, decode) in fetches.items()}
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max(len(self.meta.video_keys), 2), thread_name_prefix="video")
+        futures = {key: self._pool.submit(decode) for key, (_, decode) in fetches.items()}
+        return {key: future.result() for key, future in futures.items()}
+
+    def _fetch(
+        self, episode: int, key: str, frame_indices: Sequence[int] | np.ndarray | None
+    ) -> tuple[video.VideoReader | None, Callable[[], np.ndarray]]:
+        """Check a request and resolve its video reader (None for images) in this thread; the
+        returned call decodes, touching only that reader."""
         ep = self.meta.episode(episode)
         idx = np.arange(ep.length) if frame_indices is None else np.asarray(frame_indices, dtype=np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= ep.length):
@@ -123,15 +155,20 @@ class Dataset:
             raise meta_mod.DatasetError(f"{self.root}: {key!r} is not an image or video feature")
         if spec["dtype"] == "image":
             column = self.episode_table(episode).column(key)
-            return np.stack([_decode_png(column[int(i)].as_py(), key, episode, int(i)) for i in idx])
+            return None, lambda: np.stack([_decode_png(column[int(i)].as_py(), key, episode, int(i)) for i in idx])
         seg = self._segments.get((episode, key))
         if seg is None:
             seg = self._segments[(episode, key)] = self.video_segment(episode, key)
         timestamps = seg.from_s + self._episode_timestamps(episode)[idx]
-        try:
-            return self._reader(seg.path).frames_at(timestamps)
-        except video.VideoError as err:
-            raise video.VideoError(f"episode {episode}, {key}: {err}") from err
+        reader = self._reader(seg.path)
+
+        def decode() -> np.ndarray:
+            try:
+                return reader.frames_at(timestamps)
+            except video.VideoError as err:
+                raise video.VideoError(f"episode {episode}, {key}: {err}") from err
+
+        return reader, decode
 
     def frame(self, episode: int, key: str, frame_index: int) -> np.ndarray:
         return self.frames(episode, key, [frame_index])[0]

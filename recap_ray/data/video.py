@@ -237,23 +237,24 @@ class VideoReader:
     index, or when the index disagrees with the decoded timestamps, it falls back to a
     conservative seek before `ts - tolerance_s`.
 
-    Decoding is single-threaded and without frame delay by default: for one frame at a time,
-    threads only add latency (and compete with data-loader workers for cores).
+    Decoders never hold frames back (a seek would then cost extra decodes). The AV1 decoder
+    (dav1d) gets `threads` worker threads with a frame delay of 1, splitting one frame among
+    them; at 640x480 (one tile) that gained no time on a quiet machine for 10% more CPU, hence
+    the default of 1 (read several files at once instead: `Dataset.frames_of`). Other decoders
+    run single-threaded: their frame threads would delay output by a frame per thread.
     """
 
-    def __init__(self, path: Path, tolerance_s: float = DEFAULT_TOLERANCE_S, threads: bool = False):
+    def __init__(self, path: Path, tolerance_s: float = DEFAULT_TOLERANCE_S, threads: int = 1):
         self.path = Path(path)
         self.tolerance_s = tolerance_s
         self._container = _open(self.path)
         self._stream = self._container.streams.video[0]
         ctx = self._stream.codec_context
-        if threads:
-            self._stream.thread_type = "AUTO"
+        if ctx.name == "libdav1d":
+            ctx.thread_count = max(int(threads), 1)
+            ctx.options = {"max_frame_delay": "1"}
         else:
             ctx.thread_count = 1
-        if ctx.name == "libdav1d":
-            # dav1d holds frames back for frame threading; a seek then costs extra decodes.
-            ctx.options = {"max_frame_delay": "1"}
         self._tb = float(self._stream.time_base)
         # Sample timestamps from the index and the positions of the keyframes among them.
         self._index_ts, self._keyframes = _index(self._stream)
@@ -261,7 +262,7 @@ class VideoReader:
         # `VideoFrame.to_ndarray` does) starts a thread pool each time.
         self._reformatter = av.video.reformatter.VideoReformatter()
         self._frames = None  # active decode iterator
-        self._last: tuple[float, np.ndarray] | None = None
+        self._last: tuple[float, av.VideoFrame] | None = None  # the latest decoded frame
         self._seek_ahead_s = 1.0
 
     def close(self) -> None:
@@ -301,7 +302,7 @@ class VideoReader:
             raise VideoError(f"{self.path}: corrupt video data ({err})") from err
         return frame.pts * self._tb, frame
 
-    def _decode_to(self, ts: float, best: tuple[float, object] | None) -> tuple[float, object] | None:
+    def _decode_to(self, ts: float, best: tuple[float, av.VideoFrame] | None) -> tuple[float, av.VideoFrame] | None:
         """Decode forward until a frame at or past `ts - tolerance_s`; the one closest to `ts`."""
         while best is None or best[0] < ts - self.tolerance_s:
             item = self._next()
@@ -327,14 +328,15 @@ class VideoReader:
         if best is None or abs(best[0] - ts) >= self.tolerance_s:
             got = "no frame" if best is None else f"nearest frame at {best[0]:.6f}s"
             raise FrameTimestampError(f"{self.path}: no frame within {self.tolerance_s}s of {ts:.6f}s ({got})")
-        if not isinstance(best[1], np.ndarray):
-            best = (best[0], self._reformatter.reformat(best[1], format="rgb24", threads=1).to_ndarray())
-            if self._last is not None and self._last[0] == best[0]:
-                self._last = best
-        return best[1]
+        rgb = self._reformatter.reformat(best[1], format="rgb24", threads=1)
+        # A view of a new RGB frame, not a copy; copied only when the decoder's frame already was
+        # RGB, so that no two calls share memory and callers may write to what they get.
+        return rgb.to_ndarray() if rgb is not best[1] else rgb.to_ndarray().copy()
 
     def frames_at(self, timestamps: list[float] | np.ndarray) -> np.ndarray:
         """uint8 frames (N, H, W, 3) at the given times in seconds, in the order asked."""
+        if len(timestamps) == 1:  # the data-loader case: skip the copy into a stacked array
+            return self._frame_at(float(timestamps[0]))[None]
         order = np.argsort(timestamps, kind="stable")
         out: list[np.ndarray | None] = [None] * len(order)
         for i in order:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recap_ray.data import video
+from recap_ray.data import dataset, video
+from tests.data.conftest import CAMERAS
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +86,66 @@ def test_timestamp_outside_tolerance_is_an_error(clip):
     path, _ = clip
     with pytest.raises(video.FrameTimestampError, match="no frame within"):
         video.VideoReader(path).frames_at([10.5 / 30])
+
+
+@pytest.fixture(scope="module")
+def av1_clip(tmp_path_factory):
+    """lerobot's default encoding (libsvtav1, a keyframe every 2 frames), decoded by dav1d."""
+    path = tmp_path_factory.mktemp("video") / "av1.mp4"
+    n = 24
+    yy, xx = np.mgrid[0:64, 0:64]
+    frames = np.zeros((n, 64, 64, 3), np.uint8)
+    frames[..., 0] = (xx[None] + 8 * np.arange(n)[:, None, None]) % 256
+    frames[..., 1] = (yy * 4) % 256
+    video.encode(path, frames, fps=30, codec="libsvtav1")
+    return path, n
+
+
+def test_threaded_av1_decoder_holds_no_frame_back(av1_clip):
+    path, n = av1_clip
+    reader = video.VideoReader(path, threads=2)
+    assert reader._stream.codec_context.name == "libdav1d"
+    inner, sent = reader._container, []
+
+    class CountingPackets:  # what the decoder is fed before it returns the frame asked for
+        def decode(self, stream):
+            for packet in inner.demux(stream):
+                sent.append(packet.pts)
+                yield from packet.decode()
+
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+    reader._container = CountingPackets()
+    reader.frames_at([20 / 30])
+    assert len(sent) == 1  # keyframe 20 comes out as soon as its packet goes in
+    sent.clear()
+    reader.frames_at([7 / 30])
+    assert len(sent) == 2  # keyframe 6, then 7
+    seq = video.VideoReader(path, threads=1).frames_at(np.arange(n) / 30)
+    idx = np.random.default_rng(0).permutation(n)
+    np.testing.assert_array_equal(video.VideoReader(path, threads=2).frames_at(idx / 30), seq[idx])
+
+
+def test_returned_frames_share_no_memory(av1_clip):
+    path, _ = av1_clip
+    reader = video.VideoReader(path)
+    first = reader.frames_at([5 / 30])
+    expected = first.copy()
+    first[:] = 0  # callers may write to what they get
+    again = reader.frames_at([5 / 30])  # the same frame, still the decoder's latest
+    assert not np.shares_memory(first, again)
+    np.testing.assert_array_equal(again, expected)
+
+
+def test_video_frames_of_several_cameras_equal_one_call_each(small_dataset):
+    keys = [*CAMERAS, "observation.images.right_wrist_camera"]  # two videos (decoded in threads) and an image
+    with dataset.open(small_dataset) as ds:
+        for ep, idx in [(1, [14, 0, 7]), (0, [3]), (2, [8, 8])]:
+            got = ds.frames_of(ep, keys, idx)
+            assert list(got) == keys
+            for key in keys:
+                np.testing.assert_array_equal(got[key], ds.frames(ep, key, idx))
+        with pytest.raises(video.VideoError, match="episode 0, observation.images.* no frame within"):  # raised in its thread
+            ds._timestamps[0] = ds._episode_timestamps(0) + 0.5 / 30  # half-way between frames
+            ds.frames_of(0, keys, [0])
