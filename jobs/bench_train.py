@@ -11,10 +11,10 @@ turn), so the figure is the accelerator's, not the loader's. Each case is compil
 stepped `iters` times with a sync after every step; the median step time is reported.
 
 FLOPs: `model_tflops` counts 3x the forward pass's matrix multiplications and convolutions
-(`matmul_flops`, read off the loss's jaxpr), the usual MFU convention (forward + backward = 3x forward); it overstates the useful
-work of runs with frozen weights (the value model's backbones, LoRA), which need no weight
-gradients there. `hw_tflops` is XLA's count of the compiled step (rematerialised forwards included;
-on GPU it misses the work inside cuBLAS/cuDNN calls, so read it on CPU only).
+(`matmul_flops`, read off the loss's jaxpr), the usual MFU convention (forward + backward = 3x
+forward); it overstates the useful work of runs with frozen weights (the value model's backbones,
+LoRA), which need no weight gradients there. (XLA's own cost analysis is not used: on GPU it misses the work inside
+cuBLAS/cuDNN calls.)
 
 Scaling: for each device count n in `devices`, the mesh is the first n devices (all FSDP) and the
 global batch is the per-device batch times n (weak scaling); efficiency = examples/s at n over
@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tyro
 from flax import nnx
@@ -147,12 +146,6 @@ def matmul_flops(jaxpr: Any) -> float:
     return total
 
 
-def _flops(stage: Any) -> float:
-    cost = stage.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float((cost or {}).get("flops", 0.0))
-
-
 def _peak_bytes(device: jax.Device) -> int | None:
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     return None if not stats else stats.get("peak_bytes_in_use")
@@ -192,7 +185,6 @@ def measure(case: Case, per_device_batch: int, n_devices: int, bench: BenchConfi
     compiled = step.lower(state, batches[0]).compile()
     compile_s = time.perf_counter() - t0
     print(f"  {case.name} b{global_batch} x{n_devices}: compiled in {compile_s:.1f} s", flush=True)  # noqa: T201
-    step_flops = _flops(compiled)
     times = []
     for i in range(bench.warmup + bench.iters):
         t0 = time.perf_counter()
@@ -211,8 +203,7 @@ def measure(case: Case, per_device_batch: int, n_devices: int, bench: BenchConfi
         "case": case.name, "devices": n_devices, "device_kind": devices[0].device_kind,
         "global_batch": global_batch, "step_s": seconds, "step_s_spread": [min(times), max(times)],
         "examples_per_s": global_batch / seconds, "model_tflops": 3 * fwd_flops / seconds / 1e12,
-        "mfu": 3 * fwd_flops / seconds / peak, "hw_tflops": step_flops / seconds / 1e12,
-        "hfu": step_flops / seconds / peak, "compile_s": compile_s, "loss": loss,
+        "mfu": 3 * fwd_flops / seconds / peak, "compile_s": compile_s, "loss": loss,
         "params": total, "trainable_params": trainable, "peak_bytes": _peak_bytes(devices[0]),
     }  # fmt: skip
     del state, batches, compiled
@@ -230,7 +221,7 @@ def main(bench: BenchConfig) -> list[dict[str, Any]]:
     if bench.value_config:
         plan.append((value_case(bench.value_config), bench.value_batches))
     plan += [(policy_case(name), bench.policy_batches) for name in bench.policy_configs]
-    header = f"{'case':42} {'dev':>3} {'batch':>5} {'step s':>8} {'ex/s':>8} {'MFU':>6} {'HFU':>6} {'scale':>6}"
+    header = f"{'case':42} {'dev':>3} {'batch':>5} {'step s':>8} {'ex/s':>8} {'MFU':>6} {'scale':>6}"
     print(header, flush=True)  # noqa: T201
     rows = []
     for case, per_device_batches in plan:
@@ -242,7 +233,7 @@ def main(bench: BenchConfig) -> list[dict[str, Any]]:
                 r["scaling_efficiency"] = r["examples_per_s"] / (n * base)
                 rows.append(r)
                 print(f"{r['case']:42} {r['devices']:3d} {r['global_batch']:5d} {r['step_s']:8.4f} {r['examples_per_s']:8.1f} "  # noqa: T201
-                      f"{r['mfu']:6.3f} {r['hfu']:6.3f} {r['scaling_efficiency']:6.2f}", flush=True)  # fmt: skip
+                      f"{r['mfu']:6.3f} {r['scaling_efficiency']:6.2f}", flush=True)  # fmt: skip
                 if bench.out:  # written after every row, so a cut-short run keeps what it measured
                     bench.out.write_text(json.dumps(rows, indent=2))
     return rows

@@ -44,6 +44,8 @@ class HandoverEnv:
         self.config = config
         self._world: world.World | None = None
         self.success = False
+        self._frames: tuple[int, dict[str, np.ndarray]] | None = None  # (moves, frames) of the last render
+        self._moves = 0  # resets + steps so far: names the current state for the render cache
 
     @property
     def world(self) -> world.World:
@@ -56,6 +58,7 @@ class HandoverEnv:
         """Start a new episode; the same seed always gives the same start and goal."""
         self._world = world.reset(self.config, np.random.default_rng(seed))
         self.success = False
+        self._moves += 1
 
     @property
     def steps(self) -> int:
@@ -77,12 +80,16 @@ class HandoverEnv:
         if self.done:
             raise RuntimeError(f"HandoverEnv.step: episode already done after {self.world.steps} steps")
         world.advance(self.config, self.world, action)
+        self._moves += 1
         self.success = world.success(self.config, self.world)
         return self.done
 
     def frames(self) -> dict[str, np.ndarray]:
-        """The three camera images, uint8 (H, W, 3), keyed by YAM camera name."""
-        return render.render(self.config, self.world)
+        """The three camera images, uint8 (H, W, 3), keyed by YAM camera name; rendered once a state
+        (a DAgger session's recorder and its policy both look at every state the policy is asked in)."""
+        if self._frames is None or self._frames[0] != self._moves:
+            self._frames = (self._moves, render.render(self.config, self.world))
+        return dict(self._frames[1])
 
     def observation(self, layout: ImageLayout = "chw") -> dict:
         """The openpi-style observation dict for the current state."""

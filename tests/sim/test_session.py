@@ -147,3 +147,16 @@ def test_policy_driven_dagger_marks_corrections_and_is_deterministic(environment
     again = session.record_dagger(env_lib.HandoverEnv(CFG), (0, 3, 1), session.PolicyDriver(random_policy, CFG), config,
                                   render=False)
     _assert_same(episode, again)
+
+
+def test_frames_render_once_a_state_and_follow_every_move() -> None:
+    environment = env_lib.HandoverEnv()
+    environment.reset(0)
+    first = environment.frames()
+    assert all(first[k] is environment.frames()[k] for k in first)  # same state: not rendered again
+    environment.step(environment.state.copy())
+    moved = environment.frames()
+    assert moved is not first and all(moved[k] is not first[k] for k in first)
+    environment.reset(0)  # a new episode at step 0 again: a new render, equal to the first
+    again = environment.frames()
+    assert all(again[k] is not first[k] and np.array_equal(again[k], first[k]) for k in first)
