@@ -5,10 +5,14 @@ One worker process per host owns all of that host's GPUs; `JaxConfig(use_gpu=Tru
 `JAX_PLATFORMS=cpu`, which is how the tests run two processes on one machine). A failed worker
 tears the group down and Ray starts a new one, which resumes from the run's newest checkpoint.
 With `min_workers < num_workers` the group is elastic: it runs on whatever fits in between, with
-the same global batch (which every world size in between must divide). Ray 2.60 sizes a restart by
-the resource totals of the live nodes, so only a node that leaves shrinks the group; a restart
-right after a preemption may first ask for the old size while the drained node is still alive and
-falls back after `RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S` (60 s).
+the same global batch (which every world size in between must divide). Ray 2.60 sizes a (re)start
+by the resource totals (not the free resources) of the nodes Ray's AutoscalingCoordinator actor
+last listed, and that actor re-reads the node list every 20 s
+(`ray/data/_internal/cluster_autoscaler/default_autoscaling_coordinator.py`). So only a node that
+leaves shrinks the group; a node that joined less than 20 s before the start can be left out (the
+group grows at the next resize check, `elastic_resize_monitor_interval_s` = 60 s, restarting from
+the newest checkpoint); and a restart right after a preemption first asks for the old size while
+the drained node is still listed, falling back after `RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S` (60 s).
 
 Preemption (Ray 2.60). A spot reclaim or pod deletion sends SIGTERM to the node's `ray start
 --block` process, which drains its node with reason PREEMPTION and a deadline

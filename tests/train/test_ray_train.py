@@ -1,9 +1,11 @@
 """Training on Ray Train: two worker processes (jax.distributed on CPU) match one, a killed worker
 is replaced and the run resumes from its last checkpoint, run.json counts the restart; a node
-preempted by SIGTERM gets a checkpoint at the current step and the run finishes elsewhere."""
+preempted by SIGTERM gets a checkpoint at the current step and the elastic run goes on with fewer
+workers."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -18,7 +20,7 @@ import numpy as np
 import psutil
 import pytest
 import ray
-from ray.util import placement_group, remove_placement_group
+from ray.data._internal import cluster_autoscaler
 
 from jobs import training
 from recap_ray.configs import registry
@@ -68,11 +70,12 @@ def test_two_workers_equal_one_worker(ray_local, tmp_path, train_dataset, senten
 
 
 def _train_workers() -> list[psutil.Process]:
+    """This session's Ray Train worker processes (descendants: this process started the local cluster)."""
     found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if cmd.startswith("ray::RayTrainWorker"):
-            found.append(proc)
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if " ".join(proc.cmdline()).startswith("ray::RayTrainWorker"):
+                found.append(proc)
     return found
 
 
@@ -104,41 +107,68 @@ def _wait_for(condition, timeout: float, what: str):
     raise AssertionError(f"no {what} within {timeout} s")
 
 
-def test_sigterm_to_node_saves_current_step_and_run_resumes_elsewhere(ray_local, tmp_path, train_dataset, sentencepiece_model):
+def _refresh_elastic_node_view() -> None:
+    """Make Ray Train's elastic sizing see the nodes alive now.
+
+    Ray 2.60's elastic policy counts the workers that fit on the nodes Ray's AutoscalingCoordinator
+    actor last listed, and that actor (one per cluster, made by the session's first Train or Data
+    run) re-reads the node list only every 20 s: without this, a run started just after a node
+    joined starts with the workers that fit without it.
+    """
+    coordinator = cluster_autoscaler.get_or_create_autoscaling_coordinator()
+    ray.get(coordinator.get_reserved_resources.remote("", recompute=True))  # recompute: re-reads ray.nodes()
+
+
+def _alive_nodes() -> int:
+    return sum(node["Alive"] for node in ray.nodes())
+
+
+def test_sigterm_to_node_saves_current_step_and_run_continues_on_fewer_workers(ray_local, tmp_path, train_dataset, sentencepiece_model, monkeypatch):
     """Kubernetes preempts a pod by SIGTERM to its `ray start --block`, which drains the node for
-    preemption: the worker there saves the step it is at, and the group restarts on the head."""
-    head_cpus = ray.cluster_resources()["CPU"]
-    hold = placement_group([{"CPU": head_cpus}])  # fills the head: the group starts on the new node
-    assert hold.wait(60), "the head node's CPUs are not free"
+    preemption: both workers save the step they are at, and the elastic group (2, down to 1) goes on
+    with the one worker that fits on the head, from that step, with the same global batch.
+
+    The head (4 CPUs) and the second node (3) each fit one 3-CPU worker, so a group of 2 has one
+    worker on each node. The restart first asks for 2 again (the drained node is alive until its
+    worker is gone) and retries with 1 after the worker-group start timeout.
+    """
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "5")
+    assert ray.cluster_resources()["CPU"] == 4 and _alive_nodes() == 1, "the ray_local fixture's head alone fits one 3-CPU worker"
     # Its own short temp dir: `ray start` writes the cluster address there, where ray.init() looks.
     node_dir = tempfile.mkdtemp(prefix="rn", dir="/tmp")
     node = subprocess.Popen(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--address", ray.get_runtime_context().gcs_address,
-         "--num-cpus", "1", "--temp-dir", node_dir, "--block", "--disable-usage-stats"],
+         "--num-cpus", "3", "--temp-dir", node_dir, "--block", "--disable-usage-stats"],
         env={**os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "20"},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    config = _config(tmp_path, "preempted", train_dataset, sentencepiece_model, num_workers=1, num_steps=40,
-                     save_interval=1000, log_interval=1, max_failures=1)  # fmt: skip
+    config = _config(tmp_path, "preempted", train_dataset, sentencepiece_model, num_workers=2, min_workers=1,
+                     cpus_per_worker=3, num_steps=40, save_interval=1000, log_interval=1, max_failures=1)  # fmt: skip
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(training.run(config, "value")))
     try:
-        _wait_for(lambda: ray.cluster_resources().get("CPU", 0) > head_cpus, 60, "second node")
+        _wait_for(lambda: _alive_nodes() == 2, 60, "second node")
+        _refresh_elastic_node_view()
         thread.start()
-        _wait_for(lambda: run_record.read(config.run_dir).get("step", 0) >= 2, 300, "training step 2")
+        running = _wait_for(lambda: (r := run_record.read(config.run_dir)).get("step", 0) >= 2 and r, 300, "training step 2")
+        assert running["world_size"] == 2, running
         node.send_signal(signal.SIGTERM)
         preempted = _wait_for(lambda: (r := run_record.read(config.run_dir)).get("status") == "preempted" and r, 60, "preemption checkpoint")
+        _wait_for(lambda: _alive_nodes() == 1, 60, "drained node gone")
+        _refresh_elastic_node_view()  # the retry after the start timeout asks for 1 worker, not 2 again
+        thread.join(timeout=300)
     finally:
-        remove_placement_group(hold)  # the restarted group fits on the head again
-        if thread.ident:
-            thread.join(timeout=300)
         if node.poll() is None:
             node.terminate()
         node.wait(timeout=60)
         shutil.rmtree(node_dir, ignore_errors=True)
+        if thread.ident:
+            thread.join(timeout=300)
     assert not thread.is_alive() and result, "the run did not finish"
     step = preempted["step"]
-    assert 2 <= step < 40 and preempted["checkpoints"] == [step], preempted  # the step it was at, no interval save
+    assert (preempted["world_size"], preempted["checkpoints"]) == (2, [step]) and 2 <= step < 40, preempted  # no interval save
+    saved = tmp_path / "preempted" / checkpoints.CHECKPOINTS_DIR / str(step) / checkpoints.TRAIN_STATE_ITEM
+    assert sorted(p.name for p in saved.glob("ocdbt.process_*")) == ["ocdbt.process_0", "ocdbt.process_1"]  # both ranks wrote it
     record = run_record.read(config.run_dir)
-    assert (record["status"], record["step"], record["start_step"], record["restarts"]) == ("finished", 40, step, 1), record
-    assert record["checkpoints"] == [step, 40]
+    assert (record["status"], record["step"], record["start_step"], record["world_size"], record["global_batch"]) == ("finished", 40, step, 1, 4), record
+    assert record["checkpoints"] == [step, 40] and record["restarts"] == 1, record
