@@ -56,8 +56,22 @@ def test_round_yaml_fields_are_checked(tmp_path):
     assert rc.sources == ("/data/a", "/data/b") and rc.skip_value and rc.policy_steps == 100
     bad = tmp_path / "bad.yaml"
     bad.write_text("sources: [/data/a]\nlookahed: 10\n")
-    with pytest.raises(ValueError, match=r"unknown round fields \['lookahed'\]"):
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown RoundConfig fields \['lookahed'\]"):
         round_job.RoundConfig.from_yaml(bad)
+
+
+def test_round_yaml_sets_the_simulated_task_and_operator(tmp_path):
+    path = tmp_path / "round.yaml"
+    path.write_text("task: {grasp_radius: 0.05, object_x: [-0.3, -0.2]}\ndagger: {max_corrections: 3}\n")
+    rc = round_job.RoundConfig.from_yaml(path)
+    assert rc.task.grasp_radius == 0.05 and rc.task.object_x == (-0.3, -0.2) and rc.task.goal_radius == 0.04
+    assert rc.dagger.max_corrections == 3 and rc.dagger.drift_m == 0.03
+    path.write_text("task: {grasp_radus: 0.05}\n")
+    with pytest.raises(ValueError, match=r"round.yaml: task: unknown TaskConfig fields \['grasp_radus'\]"):
+        round_job.RoundConfig.from_yaml(path)
+    path.write_text("dagger: 3\n")
+    with pytest.raises(ValueError, match=r"round.yaml: dagger: expected a mapping of DaggerConfig fields, got int"):
+        round_job.RoundConfig.from_yaml(path)
 
 
 def test_round_reopens_with_the_same_config(tmp_path):

@@ -111,10 +111,11 @@ PI06_SIM, PI06_SIM_INFER = _pair(
 )
 
 # The simulated task at a size that learns it on CPU: 3-layer LLM and action expert, both 64 wide,
-# a 3-block SigLIP on 56px cameras (16 tokens each), room for the 83-token prompt, float32
-# compute (bfloat16 is emulated on CPU: slower and coarser), no EMA, a few thousand steps.
+# a 3-block SigLIP on 56px cameras (16 tokens each), room for the prompt (up to ~100 tokens with the
+# demo tokenizer, which splits the state's digits), float32 compute (bfloat16 is emulated on CPU:
+# slower and coarser), no EMA, a few thousand steps.
 SIM_SMALL_MODEL = dataclasses.replace(
-    TINY_MODEL, max_token_len=96, paligemma_variant="small", action_expert_variant="small",
+    TINY_MODEL, max_token_len=112, paligemma_variant="small", action_expert_variant="small",
     siglip_variant="small", image_size=56, dtype="float32",
 )
 PI06_SIM_SMALL, PI06_SIM_SMALL_INFER = _pair(
