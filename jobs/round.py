@@ -243,7 +243,7 @@ EXPERIMENT_TASK = world.TaskConfig(grasp_radius=0.05, goal_radius=0.07, object_x
 # BENCHMARKS.md "RECAP vs SFT": SFT on demos and scripted DAgger rollouts, 60 rollouts of the served SFT
 # policy with up to 3 corrections each, value model, relabel, RECAP fine-tune from SFT, 100 episodes each.
 EXPERIMENT = SimRound(RoundConfig(policy_config="pi06_sim_small", value_config="value_sim", sft_steps=3000,
-                                  policy_steps=2000, value_steps=1500, batch_size=32, lookahead=30,
+                                  policy_steps=2000, value_steps=6000, batch_size=32, lookahead=30,
                                   collect_rollouts=60, eval_episodes=100, task=EXPERIMENT_TASK,
                                   dagger=session.DaggerConfig(max_corrections=3)), demos=40, rollouts=40)  # fmt: skip
 
