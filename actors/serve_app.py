@@ -1,6 +1,6 @@
 """The served policy as a Ray Serve application speaking openpi's websocket protocol.
 
-    Ingress (CPU, FastAPI)  --handle-->  PolicyModel (GPU, @serve.batch)  -> serve.policy.Policy
+    Ingress (CPU, FastAPI)  --handle (gRPC)-->  PolicyModel (GPU, continuous batching)  -> serve.policy.Policy
 
 `Ingress` holds the websocket sessions: it checks the API key at the upgrade, sends the metadata
 frame first, then for each binary frame decodes and validates the observation, awaits one action
@@ -8,7 +8,8 @@ chunk from the model deployment and sends it back with openpi's `server_timing`.
 one text frame naming the problem, then a close (1008); an internal failure the traceback, then
 1011 (openpi's behaviour). Other sessions are untouched. `GET /healthz` answers "OK".
 `PolicyModel` batches requests from every session and ingress replica into one model call
-(continuous batching: what queued while a call ran is the next call).
+(continuous batching: what queued while a call ran is the next call). The handle uses Serve's gRPC
+transport between replicas rather than a Ray actor call (less CPU and latency per request).
 No `from __future__ import annotations` here: FastAPI must see the real `WebSocket` annotation on
 the handler of the class Serve rebuilds, or it refuses every upgrade with HTTP 403.
 
@@ -35,6 +36,10 @@ logger = logging.getLogger(__name__)
 INVALID_REASON = "Invalid request. Error included in previous frame."
 INTERNAL_REASON = "Internal server error. Traceback included in previous frame."  # openpi's reason
 
+# The model replica's gRPC server refuses messages over 4 MiB by default; an observation pickles to
+# about its frame's size, which the proxy caps at 16 MiB.
+GRPC_MAX_MESSAGE_BYTES = 2 * protocol.PROXY_MAX_MESSAGE_BYTES
+
 fastapi_app = fastapi.FastAPI()
 
 
@@ -46,7 +51,13 @@ class PolicyModel:
         self.policy = policy.Policy.load(config.checkpoint, config.config, tokenizer_path=config.tokenizer,
                                          options=config.policy_options)  # fmt: skip
         self.policy.warmup()  # compile before the replica reports ready
-        self.batcher = batcher.ContinuousBatcher(functools.partial(self.policy.infer_batch, isolate_errors=True),
+        def _fn(items):
+            t = time.time()
+            out = self.policy.infer_batch(items, isolate_errors=True)
+            for o in out:
+                o["_probe_fn"] = (t, time.time())
+            return out
+        self.batcher = batcher.ContinuousBatcher(_fn,
                                                  config.max_batch_size, config.batch_wait_timeout_s)  # fmt: skip
 
     def metadata(self) -> dict[str, Any]:
@@ -56,7 +67,10 @@ class PolicyModel:
     async def infer(self, observation: dict[str, Any]) -> dict[str, Any]:
         """One observation -> its answer, computed in a batch with whatever else is queued
         (`batcher.ContinuousBatcher`, not `@serve.batch`: see there); a bad one raises to its caller only."""
-        return await self.batcher.submit(observation)
+        t_in = time.time()
+        out = await self.batcher.submit(observation)
+        out["_probe_model"] = (t_in, time.time())
+        return out
 
 
 @serve.deployment
@@ -65,7 +79,9 @@ class Ingress:
     """openpi's websocket server behaviour over Serve; inference goes to `PolicyModel` through a handle."""
 
     def __init__(self, model: DeploymentHandle, config: app_config.AppConfig) -> None:
-        self.model = model
+        # By value over gRPC, not a Ray actor call: ~1.5 ms less CPU per request across ingress and
+        # model, answers ~1 ms sooner (CPU, batch 1, 450 KB observations).
+        self.model = model.options(_by_reference=False)
         self._authorization = f"Api-Key {key}" if (key := config.resolved_api_key()) else None
         self._metadata: dict[str, Any] | None = None
 
@@ -102,12 +118,16 @@ class Ingress:
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
                     return
+                t_recv = time.time()
                 obs = protocol.validate(protocol.decode(message.get("bytes", message.get("text")), spec), spec)
                 infer_start = time.monotonic()
+                t_call = time.time()
                 answer = await self.model.infer.remote(obs)
+                t_back = time.time()
                 answer["server_timing"] = {"infer_ms": (time.monotonic() - infer_start) * 1000}
                 if prev_total_ms is not None:
                     answer["server_timing"]["prev_total_ms"] = prev_total_ms
+                answer["_probe_ingress"] = (t_recv, t_call, t_back, time.time())
                 await ws.send_bytes(msgpack_numpy.packb(answer))
                 prev_total_ms = (time.monotonic() - start) * 1000
         except WebSocketDisconnect:
@@ -132,7 +152,8 @@ class Ingress:
 def app(config: app_config.AppConfig) -> serve.Application:
     """The application: an autoscaled ingress bound to an autoscaled, batching model deployment."""
     model = PolicyModel.options(
-        ray_actor_options={"num_gpus": config.num_gpus, "num_cpus": config.model_num_cpus},
+        ray_actor_options={"num_gpus": config.num_gpus, "num_cpus": config.model_num_cpus, "runtime_env": {
+            "env_vars": {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(GRPC_MAX_MESSAGE_BYTES)}}},
         autoscaling_config=config.model_autoscaling.as_dict(),
         max_ongoing_requests=config.model_max_ongoing_requests,
     ).bind(config)

@@ -2,6 +2,7 @@
 
     python -m jobs.bench_serve --config pi06_yam_vial_30fps_infer --tokenizer paligemma_tokenizer.model  # GPU
     python -m jobs.bench_serve --config pi06_tiny_infer --tokenizer T.model --num-gpus 0 --clients 1 2 4 8
+    python -m jobs.bench_serve --config pi06_tiny_infer --tokenizer T.model --num-gpus 0 --num-steps 200 --clients 1  # CPU ratio
 
 In-process: `Policy.infer` (batch 1) p50/p99, and `Policy.infer_batch` of c observations for each
 c in `--clients`. Served: the Serve application on a local Ray (`jobs.serve.start`), one websocket
@@ -63,6 +64,9 @@ class BenchConfig:
     """Local port of the endpoint."""
     image_side: int = 224
     """Side of the three square uint8 CHW cameras sent."""
+    num_steps: int = 10
+    """Euler steps per chunk on both sides; more steps make a longer model call (on CPU, ~200 give the tiny
+    model a chunk time like pi0.6's on an H200, so the served/in-process ratio means the same thing)."""
 
 
 def _observation(side: int, state_dim: int, prompt: str) -> dict[str, Any]:
@@ -101,7 +105,8 @@ def _timed(fn: Callable[[], Any], n: int) -> list[float]:
 def in_process(bench: BenchConfig, checkpoint: Path, obs: dict[str, Any]) -> dict[str, Any]:
     """Latency and throughput of the policy called directly."""
     local = policy.Policy.load(checkpoint, bench.config, tokenizer_path=bench.tokenizer,
-                               options=policy.PolicyOptions(max_batch_size=bench.max_batch_size))  # fmt: skip
+                               options=policy.PolicyOptions(max_batch_size=bench.max_batch_size,
+                                                            num_steps=bench.num_steps))  # fmt: skip
     local.warmup()
     result: dict[str, Any] = {"batch1": _percentiles(_timed(lambda: local.infer(obs), bench.requests))}
     for c in bench.clients:
@@ -151,6 +156,7 @@ def served(bench: BenchConfig, checkpoint: Path, obs: dict[str, Any], num_gpus: 
     app = app_config.AppConfig(checkpoint=str(checkpoint), config=bench.config,
                                tokenizer=str(bench.tokenizer) if bench.tokenizer else None,
                                max_batch_size=bench.max_batch_size, batch_wait_timeout_s=bench.batch_wait_timeout_s,
+                               num_steps=bench.num_steps,
                                num_gpus=num_gpus, model_num_cpus=1.0 if num_gpus else 0.5, ingress_num_cpus=0.25,
                                model_autoscaling=app_config.Autoscaling(1, 1, 2.0 * bench.max_batch_size),
                                max_sessions_per_ingress=max(bench.clients) + 8)  # fmt: skip

@@ -25,7 +25,15 @@ from actors import serve_app
 from jobs import cli
 from recap_ray.serve import app_config, ws_client
 
-INLINE_ARGS_BYTES = 4 << 20  # Ray's default inlines call arguments up to 100 KiB
+# Ray settings of the local cluster `start` creates (on a cluster: the nodes' environment).
+RAY_ENV = {
+    # Messages up to 4 MiB (an observation of three cameras: 0.5-3 MB) go from the proxy to the
+    # ingress inline with Ray's reply instead of through the object store (Ray's default: 100 KiB).
+    "RAY_max_direct_call_object_size": str(4 << 20),
+    # The proxy calls the ingress over gRPC instead of Ray actor calls: each answer reaches the client
+    # ~0.3 ms sooner (CPU, batch 1).
+    "RAY_SERVE_PROXY_USE_GRPC": "1",
+}
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +73,8 @@ def _absolute(path: str | None) -> str | None:
 def start(config: Config) -> tuple[str, dict[str, Any]]:
     """Deploy the application and wait until it accepts connections; returns (ws URI, metadata)."""
     if not ray.is_initialized():
-        # Observations (three cameras: 0.5-3 MB) then travel from ingress to model inline with the
-        # call instead of through the object store: ~3.5 ms less per request (measured on CPU, 450 KB).
-        os.environ.setdefault("RAY_max_direct_call_object_size", str(INLINE_ARGS_BYTES))
+        for key, value in RAY_ENV.items():
+            os.environ.setdefault(key, value)
         ray.init()
     gpus = ray.cluster_resources().get("GPU", 0)
     if config.app.num_gpus > 0 and gpus < config.app.num_gpus:

@@ -307,12 +307,17 @@ def test_rayjobs_cover_the_gpu_stages():
 
 @pytest.mark.parametrize("path,doc", _kube_docs("RayService"), ids=_ids("RayService"))
 def test_rayservice(path, doc):
+    from jobs import serve as serve_job
     from recap_ray.configs import registry
     from recap_ray.serve import app_config
 
     where, cluster = _name(path), doc["spec"]["rayClusterConfig"]
     targets = _kube_gpu_targets(cluster, where)
     assert targets, f"{where}: no GPU group to serve on"
+    for group in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"]):  # every node runs a Serve proxy
+        values = {e["name"]: e.get("value") for e in _ray_container(group["template"]).get("env", [])}
+        wrong = {k: v for k, v in serve_job.RAY_ENV.items() if values.get(k) != v}
+        assert not wrong, f"{where}: {group.get('groupName', 'head')} needs {wrong} in its env (jobs.serve.RAY_ENV)"
     env = {e["name"] for g in cluster["workerGroupSpecs"] for e in _ray_container(g["template"]).get("env", [])}
     for app in _serve_apps(doc["spec"]["serveConfigV2"], f"{where} serveConfigV2"):
         _import_target(app["import_path"], where)

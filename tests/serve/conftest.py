@@ -17,7 +17,7 @@ from recap_ray.serve import app_config, policy
 
 CONFIG = "pi06_tiny_infer"
 API_KEY = "sekrit"
-MAX_MESSAGE_BYTES = 256 * 1024
+MAX_MESSAGE_BYTES = 6 * 1024 * 1024  # above the 4 MiB default of Serve's gRPC transport (ingress -> model)
 
 
 @pytest.fixture(scope="session")

@@ -82,6 +82,17 @@ def test_concurrent_clients_are_batched_and_answered_like_single_calls(served, l
     assert max(sizes) > 1 and max(sizes) <= 4
 
 
+def test_an_observation_over_grpc_default_message_size_is_answered(served, local_policy):
+    # ingress -> model goes over Serve's gRPC transport, whose default message limit is 4 MiB
+    obs = _observation(2)
+    big = np.random.default_rng(2).integers(0, 256, (3, 1280, 1280), np.uint8)
+    obs["images"] = {**obs["images"], "cam_high": big}
+    assert 4 << 20 < len(msgpack_numpy.packb(obs)) < MAX_MESSAGE_BYTES
+    expected = local_policy.infer(obs)["actions"]
+    with ws_client.WebsocketClientPolicy(served["uri"], api_key=API_KEY, reply_timeout_s=120) as client:
+        np.testing.assert_allclose(client.infer(obs)["actions"], expected, rtol=1e-6, atol=1e-6)
+
+
 BAD_FRAMES = [
     (b"\xc1\x00\x01", "malformed msgpack"),
     ("hello", "text frame"),
@@ -93,7 +104,7 @@ BAD_FRAMES = [
     (msgpack_numpy.packb({**_observation(0), "images": {"cam_high": np.zeros((3, 48, 64), np.int32)}}),
      "expected dtype uint8 .* got int32"),
     (msgpack_numpy.packb({**_observation(0), "state": np.zeros((2, 7), np.float32)}), r"'state': expected shape \(14,\)"),
-    (msgpack_numpy.packb({**_observation(0), "images": {"cam_high": np.zeros((3, 400, 400), np.uint8)}}),
+    (msgpack_numpy.packb({**_observation(0), "images": {"cam_high": np.zeros((3, 1500, 1500), np.uint8)}}),
      f"exceeds the limit of {MAX_MESSAGE_BYTES} bytes"),
 ]  # fmt: skip
 
