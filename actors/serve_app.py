@@ -38,7 +38,7 @@ INTERNAL_REASON = "Internal server error. Traceback included in previous frame."
 
 # The model replica's gRPC server refuses messages over 4 MiB by default; an observation pickles to
 # about its frame's size, which the proxy caps at 16 MiB.
-GRPC_MAX_MESSAGE_BYTES = 2 * protocol.PROXY_MAX_MESSAGE_BYTES
+MODEL_ENV = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2 * protocol.PROXY_MAX_MESSAGE_BYTES)}
 
 fastapi_app = fastapi.FastAPI()
 
@@ -51,13 +51,7 @@ class PolicyModel:
         self.policy = policy.Policy.load(config.checkpoint, config.config, tokenizer_path=config.tokenizer,
                                          options=config.policy_options)  # fmt: skip
         self.policy.warmup()  # compile before the replica reports ready
-        def _fn(items):
-            t = time.time()
-            out = self.policy.infer_batch(items, isolate_errors=True)
-            for o in out:
-                o["_probe_fn"] = (t, time.time())
-            return out
-        self.batcher = batcher.ContinuousBatcher(_fn,
+        self.batcher = batcher.ContinuousBatcher(functools.partial(self.policy.infer_batch, isolate_errors=True),
                                                  config.max_batch_size, config.batch_wait_timeout_s)  # fmt: skip
 
     def metadata(self) -> dict[str, Any]:
@@ -67,10 +61,7 @@ class PolicyModel:
     async def infer(self, observation: dict[str, Any]) -> dict[str, Any]:
         """One observation -> its answer, computed in a batch with whatever else is queued
         (`batcher.ContinuousBatcher`, not `@serve.batch`: see there); a bad one raises to its caller only."""
-        t_in = time.time()
-        out = await self.batcher.submit(observation)
-        out["_probe_model"] = (t_in, time.time())
-        return out
+        return await self.batcher.submit(observation)
 
 
 @serve.deployment
@@ -118,16 +109,12 @@ class Ingress:
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
                     return
-                t_recv = time.time()
                 obs = protocol.validate(protocol.decode(message.get("bytes", message.get("text")), spec), spec)
                 infer_start = time.monotonic()
-                t_call = time.time()
                 answer = await self.model.infer.remote(obs)
-                t_back = time.time()
                 answer["server_timing"] = {"infer_ms": (time.monotonic() - infer_start) * 1000}
                 if prev_total_ms is not None:
                     answer["server_timing"]["prev_total_ms"] = prev_total_ms
-                answer["_probe_ingress"] = (t_recv, t_call, t_back, time.time())
                 await ws.send_bytes(msgpack_numpy.packb(answer))
                 prev_total_ms = (time.monotonic() - start) * 1000
         except WebSocketDisconnect:
@@ -152,8 +139,8 @@ class Ingress:
 def app(config: app_config.AppConfig) -> serve.Application:
     """The application: an autoscaled ingress bound to an autoscaled, batching model deployment."""
     model = PolicyModel.options(
-        ray_actor_options={"num_gpus": config.num_gpus, "num_cpus": config.model_num_cpus, "runtime_env": {
-            "env_vars": {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(GRPC_MAX_MESSAGE_BYTES)}}},
+        ray_actor_options={"num_gpus": config.num_gpus, "num_cpus": config.model_num_cpus,
+                           "runtime_env": {"env_vars": MODEL_ENV}},
         autoscaling_config=config.model_autoscaling.as_dict(),
         max_ongoing_requests=config.model_max_ongoing_requests,
     ).bind(config)

@@ -47,6 +47,7 @@ def test_any_adv_ind_gets_the_positive_answer(served, local_policy):
     with ws_client.WebsocketClientPolicy(served["uri"], api_key=API_KEY) as client:
         replies = [client.infer(o) for o in (obs, {**obs, "adv_ind": "negative"}, {**obs, "adv_ind": "positive"})]
     for reply in replies:
+        assert set(reply) == {"actions", "policy_timing", "server_timing"}  # openpi's keys, nothing of ours
         assert reply["actions"].shape == (10, 14) and reply["actions"].dtype == np.float32
         np.testing.assert_allclose(reply["actions"], expected, rtol=1e-6, atol=1e-6)
         assert reply["policy_timing"]["infer_ms"] > 0 and reply["server_timing"]["infer_ms"] > 0
