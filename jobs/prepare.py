@@ -8,6 +8,7 @@ from pathlib import Path
 
 from jobs import cli
 from recap_ray.data import prepare
+from recap_ray.data.prepare import ValueScale
 
 
 @dataclass(frozen=True)
@@ -20,13 +21,16 @@ class Config:
     """Treat every episode as a successful human demonstration (intervention 1, adv_ind positive)."""
     success_file: Path | None = None
     """JSON object {episode_index: true|false} overriding episode success."""
+    value_scale: ValueScale = "episode"
+    """Steps that map to value -1: each episode's own length (limb, pistar) or its task's longest episode (the paper)."""
 
 
 def main(config: Config) -> Path:
     success = None
     if config.success_file is not None:
         success = {int(k): bool(v) for k, v in json.loads(config.success_file.read_text()).items()}
-    return prepare.prepare(config.input, config.output, demos=config.demos, success=success)
+    return prepare.prepare(config.input, config.output, demos=config.demos, success=success,
+                           value_scale=config.value_scale)
 
 
 if __name__ == "__main__":

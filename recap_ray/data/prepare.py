@@ -3,12 +3,15 @@
 Episode success comes from the episode metadata key `success`, else from a per-frame `success`
 column (true on any frame), else from an explicit mapping; intervention flags from the
 `intervention` column when present, else all zero. `demos=True` marks every episode as a
-successful, fully human-driven demonstration (limb's `--pistar-demo`).
+successful, fully human-driven demonstration (limb's `--pistar-demo`). `value_scale="task"`
+divides rewards and value targets by the longest episode of each task instead of each episode's
+own length (`recap_columns`: the paper's steps-to-success target).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +20,10 @@ from recap_ray.data import dataset as dataset_mod
 from recap_ray.data import features as feats
 from recap_ray.data import meta as meta_mod
 from recap_ray.data import recap_columns, versions
+
+
+ValueScale = Literal["episode", "task"]
+VALUE_SCALES: tuple[str, ...] = ("episode", "task")
 
 
 class MissingSuccess(ValueError):
@@ -36,14 +43,28 @@ def episode_success(ep: meta_mod.Episode, table: pa.Table, overrides: dict[int, 
     )
 
 
+def horizons(episodes: list[meta_mod.Episode], scale: ValueScale) -> dict[int, int | None]:
+    """episode index -> the step count that maps to value -1: None (its own length) or its task's longest episode."""
+    if scale not in VALUE_SCALES:
+        raise ValueError(f"unknown value scale {scale!r}; expected one of {VALUE_SCALES}")
+    if scale == "episode":
+        return {ep.index: None for ep in episodes}
+    longest: dict[tuple[str, ...], int] = {}
+    for ep in episodes:
+        longest[tuple(ep.tasks)] = max(longest.get(tuple(ep.tasks), 0), ep.length)
+    return {ep.index: longest[tuple(ep.tasks)] for ep in episodes}
+
+
 def prepare(
-    src: str | Path, dst: str | Path, demos: bool = False, success: dict[int, bool] | None = None
+    src: str | Path, dst: str | Path, demos: bool = False, success: dict[int, bool] | None = None,
+    value_scale: ValueScale = "episode",
 ) -> Path:
     """Write `dst` = `src` with the RECAP columns computed from success and intervention flags."""
     src = Path(src)
     with dataset_mod.open(src) as ds:
         # Resolve every episode's flags before writing anything, so bad input fails fast.
         flags: dict[int, tuple[bool, np.ndarray]] = {}
+        horizon = horizons(ds.meta.episodes, value_scale)
         for ep in ds.meta.episodes:
             table = ds.episode_table(ep.index)
             if demos:
@@ -61,7 +82,7 @@ def prepare(
 
     def transform(index: int, table: pa.Table, ep: meta_mod.Episode) -> pa.Table:
         ok, inter = flags[index]
-        cols = recap_columns.compute(ok, inter)
+        cols = recap_columns.compute(ok, inter, horizon[index])
         if demos:
             cols["adv_ind"] = np.full(ep.length, "positive", dtype=object)
         for name in recap_columns.COLUMNS:
@@ -80,7 +101,7 @@ def prepare(
         dst,
         transform,
         change="prepare: RECAP columns",
-        params={"demos": demos, "success_overrides": {str(k): v for k, v in (success or {}).items()}},
+        params={"demos": demos, "value_scale": value_scale, "success_overrides": {str(k): v for k, v in (success or {}).items()}},
         new_features=recap_columns.FEATURES,
         episode_meta=set_success,
     )

@@ -3,6 +3,13 @@
 Formulas follow limb's `convert-lerobot --pistar` (spec recap.md §1): T frames, t = 0..T-1,
 reward 1 at the last frame of a success, reward_label -1/T with 0 at the end, value_label
 -(T-1-t)/T on success and -1 on failure, adv_ind "positive" on intervention frames else "none".
+
+That scale divides by each episode's own length, so every success starts near -1 whether it took
+two seconds or twenty: the value model cannot tell a slow trajectory from a fast one, and an
+advantage only compares a stretch with the rest of its own episode. The pi0.6 paper's target is the
+number of steps left to success, normalized per task (spec recap.md §4-5, RLinf's affine map):
+`horizon=H` divides by H instead (H >= T, the longest episode of the task), so reward_label is
+-1/H, value_label -(T-1-t)/H, and a state's value says how far from success it is on a common scale.
 """
 
 from __future__ import annotations
@@ -23,21 +30,27 @@ FEATURES: dict[str, dict] = {
 }
 
 
-def compute(success: bool, intervention: np.ndarray) -> dict[str, np.ndarray]:
-    """The five columns of one episode from its success flag and per-frame intervention flags."""
+def compute(success: bool, intervention: np.ndarray, horizon: int | None = None) -> dict[str, np.ndarray]:
+    """The five columns of one episode from its success flag and per-frame intervention flags.
+
+    `horizon`: the step count that maps to a value of -1 (None: the episode's length, limb's rule).
+    """
     flags = np.asarray(intervention).reshape(-1).astype(np.int64)
     if flags.size == 0:
         raise ValueError("cannot compute RECAP columns for an empty episode")
     if not np.isin(flags, (0, 1)).all():
         raise ValueError(f"intervention flags must be 0 or 1, got values {sorted(set(flags.tolist()))}")
     n = flags.size
+    scale = n if horizon is None else horizon
+    if scale < n:
+        raise ValueError(f"value horizon {horizon} is shorter than the episode ({n} frames)")
     t = np.arange(n)
     reward = np.zeros(n, np.float32)
     if success:
         reward[-1] = 1.0
-    reward_label = np.full(n, -1.0 / n, np.float32)
+    reward_label = np.full(n, -1.0 / scale, np.float32)
     reward_label[-1] = 0.0
-    value_label = (-(n - 1 - t) / n).astype(np.float32) if success else np.full(n, -1.0, np.float32)
+    value_label = (-(n - 1 - t) / scale).astype(np.float32) if success else np.full(n, -1.0, np.float32)
     adv_ind = np.where(flags == 1, "positive", "none").astype(object)
     return {"intervention": flags, "reward": reward, "reward_label": reward_label, "value_label": value_label, "adv_ind": adv_ind}
 

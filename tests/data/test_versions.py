@@ -27,6 +27,27 @@ def test_recap_columns_hand_computed():
     np.testing.assert_allclose(fail["value_label"], [-1, -1, -1])
 
 
+def test_recap_columns_on_a_task_horizon():
+    ok = recap_columns.compute(True, np.array([0, 1, 0]), horizon=6)
+    np.testing.assert_allclose(ok["reward_label"], [-1 / 6, -1 / 6, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(ok["value_label"], [-2 / 6, -1 / 6, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(recap_columns.compute(False, np.zeros(3, int), horizon=6)["value_label"], -1.0)
+    with pytest.raises(ValueError, match="horizon 2 is shorter than the episode"):
+        recap_columns.compute(True, np.zeros(3, int), horizon=2)
+
+
+def test_prepare_task_scale_divides_by_the_tasks_longest_episode(tmp_path):
+    src = make_dataset(tmp_path / "raw", "v3.0", (8, 6, 5), with_recap=False)  # tasks alternate: {0, 2} and {1}
+    out = prepare_job.main(prepare_job.Config(src, tmp_path / "prepared", value_scale="task"))
+    with dataset.open(out) as ds:
+        np.testing.assert_allclose(ds.column(0, "value_label"), -(7 - np.arange(8)) / 8, rtol=1e-6)
+        np.testing.assert_allclose(ds.column(2, "value_label"), -(4 - np.arange(5)) / 8, rtol=1e-6)  # task's longest: 8
+        np.testing.assert_allclose(ds.column(2, "reward_label"), [-1 / 8] * 4 + [0.0], rtol=1e-6)
+        np.testing.assert_allclose(ds.column(1, "reward_label"), [-1 / 6] * 5 + [0.0], rtol=1e-6)  # alone in its task
+        np.testing.assert_allclose(ds.column(1, "value_label"), -1.0)
+    assert versions.read_lineage(out)["params"]["value_scale"] == "task"
+
+
 def test_prepare_writes_a_new_version_with_lineage(tmp_path, version):
     src = make_dataset(tmp_path / "raw", version, (8, 6), with_recap=False)
     before = tree_digest(src)
