@@ -107,6 +107,7 @@ def publish(
         "lookahead": settings.lookahead,
         "positive_ratio": settings.positive_ratio,
         "rule": settings.rule,
+        "stop_at_intervention": settings.stop_at_intervention,
         "threshold_scope": settings.scope,
         "thresholds": threshold_table(result, tasks),
         "summary": summary,

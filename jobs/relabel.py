@@ -48,6 +48,8 @@ class Config:
     """One threshold per task or one global; default per task, global under --compat pistar."""
     compat: Literal["recap", "pistar"] = "recap"
     """recap: a failure is charged past the episode's end; pistar: bootstrap 0, pistar's labels exactly."""
+    stop_at_intervention: bool = False
+    """End an autonomous frame's window where the operator next takes over (not credit it with the correction)."""
     num_actors: int = 1
     """Value actors (GPU model replicas)."""
     gpus_per_actor: float | None = None
@@ -87,12 +89,14 @@ def init_ray() -> None:
     ray.init()
 
 
-def settings(lookahead: int, positive_ratio: float, compat: str, scope: str | None) -> relabel.Settings:
+def settings(lookahead: int, positive_ratio: float, compat: str, scope: str | None,
+             stop_at_intervention: bool = False) -> relabel.Settings:
     """Labelling settings; the scope defaults to pistar's global under compat pistar, else per task."""
     if compat not in advantage.RULES:
         raise ValueError(f"--compat {compat!r} not in {advantage.RULES}")
     threshold.percent(positive_ratio)  # range check before any work
-    return relabel.Settings(lookahead, positive_ratio, compat, scope or ("global" if compat == "pistar" else "task"))
+    return relabel.Settings(lookahead, positive_ratio, compat, scope or ("global" if compat == "pistar" else "task"),
+                            stop_at_intervention)  # fmt: skip
 
 
 def resolve_checkpoint(config: Config) -> tuple[Path, str, Path | None]:
@@ -157,7 +161,8 @@ def main(config: Config) -> Path:
     """Infer (or reuse) values, label, publish the new version; returns its path."""
     if config.output.exists():
         raise FileExistsError(f"{config.output}: already exists; versions are never overwritten")
-    labelling = settings(config.lookahead, config.positive_ratio, config.compat, config.threshold_scope)
+    labelling = settings(config.lookahead, config.positive_ratio, config.compat, config.threshold_scope,
+                         config.stop_at_intervention)  # fmt: skip
     step, name, tokenizer = resolve_checkpoint(config)
     params = checkpoints.params_dir(step)
     spec = inference_spec(config, params, name, tokenizer)

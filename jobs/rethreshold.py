@@ -38,6 +38,8 @@ class Config:
     """N of the N-step advantage; default the one D was relabelled with (else 50)."""
     compat: Literal["recap", "pistar"] | None = None
     """Advantage rule; default the one D was relabelled with (else recap)."""
+    stop_at_intervention: bool | None = None
+    """Autonomous windows end at the next intervention; default as D was relabelled (else no)."""
     log_dir: Path | None = None
     """Plots and TensorBoard; default <output>.relabel."""
     plot_episodes: int = 6
@@ -51,7 +53,9 @@ def main(config: Config) -> Path:
     parent = (versions.read_lineage(config.dataset) or {}).get("params", {})
     lookahead = config.lookahead if config.lookahead is not None else int(parent.get("lookahead", 50))
     compat = config.compat or parent.get("rule", "recap")
-    labelling = relabel_job.settings(lookahead, config.positive_ratio, compat, config.threshold_scope)
+    stop = config.stop_at_intervention
+    stop = bool(parent.get("stop_at_intervention", False)) if stop is None else stop
+    labelling = relabel_job.settings(lookahead, config.positive_ratio, compat, config.threshold_scope, stop)
     with dataset_mod.open(config.dataset) as ds:
         values = relabel_output.stored_values(ds)
     params = {"values_from": str(config.dataset.resolve()), **{k: parent[k] for k in _CARRIED if k in parent}}

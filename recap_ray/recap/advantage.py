@@ -9,6 +9,12 @@ good: a perfect value model gives them A_t = 1 - (T-1-t)/T > 0. Our rule charges
 the end instead: past the end of a failed episode the bootstrap is the failure value (-1, the
 value model's lowest atom), so the same frames get A_t = -(T-1-t)/T <= 0; successes keep 0.
 
+`stop_at_intervention` ends an autonomous frame's window where the operator next takes over:
+A_t = sum_{k=t}^{e-1} r_k + V_e - V_t with e = min(t + N, next intervention start). The plain
+window credits the frames just before a correction with the operator's progress after it (with a
+fast operator and a value scale that sees speed, the frames that led into the correction look
+best); cut there, it measures the policy's own stretch up to the state it handed over.
+
 Arithmetic follows pistar's loop exactly (float32 reward sums by `np.sum` over each window, the
 rest in float64, stored as float32), so `--compat pistar` gives bit-identical advantages.
 """
@@ -33,14 +39,25 @@ def terminal_value(success: bool, rule: Rule, failure_value: float = FAILURE_VAL
     return SUCCESS_VALUE if rule == "pistar" or success else failure_value
 
 
-def window_sums(rewards: np.ndarray, lookahead: int) -> np.ndarray:
-    """(T,) float32: sum of rewards[t : t + lookahead], each window summed by `np.sum` as pistar does."""
-    r = np.asarray(rewards, np.float32).reshape(-1)
-    return np.array([np.sum(r[t : t + lookahead]) for t in range(r.size)], np.float32)
+def window_ends(size: int, lookahead: int, intervention: np.ndarray | None = None) -> np.ndarray:
+    """(T,) int: where each frame's window ends (exclusive): t + N, the episode's end, or with
+    `intervention` flags, for an autonomous frame, the start of the next intervention."""
+    ends = np.minimum(np.arange(size) + lookahead, size)
+    if intervention is None:
+        return ends
+    human = np.asarray(intervention).reshape(-1).astype(bool)
+    if human.size != size:
+        raise ValueError(f"window ends: {human.size} intervention flags for {size} frames")
+    next_human = np.full(size, size)
+    for t in range(size - 2, -1, -1):
+        next_human[t] = t + 1 if human[t + 1] else next_human[t + 1]
+    return np.where(human, ends, np.minimum(ends, next_human))
 
 
-def nstep(rewards: np.ndarray, values: np.ndarray, lookahead: int, terminal: float = 0.0) -> np.ndarray:
-    """(T,) float32 N-step advantages of one episode; `terminal` is the value past its end."""
+def nstep(rewards: np.ndarray, values: np.ndarray, lookahead: int, terminal: float = 0.0,
+          ends: np.ndarray | None = None) -> np.ndarray:
+    """(T,) float32 N-step advantages of one episode; `terminal` is the value past its end,
+    `ends` each frame's window end (default `window_ends` without intervention flags)."""
     r = np.asarray(rewards, np.float32).reshape(-1)
     v = np.asarray(values, np.float32).reshape(-1)
     if r.shape != v.shape:
@@ -48,14 +65,17 @@ def nstep(rewards: np.ndarray, values: np.ndarray, lookahead: int, terminal: flo
     if lookahead < 1:
         raise ValueError(f"n-step advantage: lookahead must be >= 1, got {lookahead}")
     n = v.size
-    future = np.full(n, float(terminal), np.float64)
-    if lookahead < n:
-        future[: n - lookahead] = v[lookahead:]
-    return (window_sums(r, lookahead).astype(np.float64) + future - v.astype(np.float64)).astype(np.float32)
+    end = window_ends(n, lookahead) if ends is None else np.asarray(ends, np.int64).reshape(-1)
+    sums = np.array([np.sum(r[t : end[t]]) for t in range(n)], np.float32)  # np.sum per window, as pistar
+    future = np.where(end < n, v[np.minimum(end, n - 1)].astype(np.float64), float(terminal))
+    return (sums.astype(np.float64) + future - v.astype(np.float64)).astype(np.float32)
 
 
 def episode(
-    rewards: np.ndarray, values: np.ndarray, lookahead: int, success: bool, rule: Rule = "recap"
+    rewards: np.ndarray, values: np.ndarray, lookahead: int, success: bool, rule: Rule = "recap",
+    intervention: np.ndarray | None = None,
 ) -> np.ndarray:
-    """`nstep` with the terminal value `rule` gives an episode that ended in `success`."""
-    return nstep(rewards, values, lookahead, terminal_value(success, rule))
+    """`nstep` with the terminal value `rule` gives an episode that ended in `success`; with
+    `intervention` flags, autonomous windows stop at the next intervention."""
+    ends = window_ends(np.asarray(values).size, lookahead, intervention)
+    return nstep(rewards, values, lookahead, terminal_value(success, rule), ends)

@@ -33,6 +33,7 @@ class Settings:
     positive_ratio: float = 0.3  # share of autonomous frames labelled positive
     rule: advantage.Rule = "recap"  # "recap": failures charged at the end; "pistar": bootstrap 0
     scope: threshold.Scope = "task"  # one threshold per task, or one global
+    stop_at_intervention: bool = False  # autonomous windows end where the operator next takes over
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +74,8 @@ def label(episodes: Mapping[int, Episode], settings: Settings) -> Result:
         for name in ("rewards", "intervention", "task_index"):
             if np.asarray(getattr(ep, name)).size != n:
                 raise ValueError(f"episode {e}: {np.asarray(getattr(ep, name)).size} {name} for {n} values")
-        advs[e] = advantage.episode(ep.rewards, ep.values, settings.lookahead, ep.success, settings.rule)
+        advs[e] = advantage.episode(ep.rewards, ep.values, settings.lookahead, ep.success, settings.rule,
+                                    ep.intervention if settings.stop_at_intervention else None)  # fmt: skip
     order = sorted(episodes)
     if order:
         pool_adv = np.concatenate([advs[e] for e in order])

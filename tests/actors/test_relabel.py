@@ -195,6 +195,12 @@ def test_rethreshold_from_stored_values(relabelled, tmp_path):
     assert all(ind[e].tolist() == expected.adv_ind[e].tolist() for e in episodes)
     params = versions.read_lineage(out)["params"]
     assert params["lookahead"] == 4 and params["threshold_scope"] == "global" and params["value_config"] == "value_tiny"
+    assert params["stop_at_intervention"] is False
+    stop = rethreshold.main(rethreshold.Config(dataset=out, output=tmp_path / "stop", stop_at_intervention=True))
+    expected = relabel.label(episodes, relabel.Settings(lookahead=4, stop_at_intervention=True))
+    assert all(_columns(stop, "adv_ind")[e].tolist() == expected.adv_ind[e].tolist() for e in episodes)
+    again = rethreshold.main(rethreshold.Config(dataset=stop, output=tmp_path / "again"))  # inherits the window rule
+    assert versions.read_lineage(again)["params"]["stop_at_intervention"] is True
 
 
 def test_one_compile_per_actor(inputs):

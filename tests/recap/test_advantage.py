@@ -79,3 +79,24 @@ def test_terminal_value_rules_and_errors():
         advantage.nstep(np.zeros(3), np.zeros(2), 1)
     with pytest.raises(ValueError, match="lookahead must be >= 1"):
         advantage.nstep(np.zeros(3), np.zeros(3), 0)
+
+
+def test_stop_at_intervention_hand_computed():
+    # Frames 2-3 are a correction; the state handed over at frame 2 is worse than its neighbours.
+    rewards = np.array([-0.1, -0.1, -0.1, -0.1, -0.1, 0.0], np.float32)
+    values = np.array([-0.6, -0.5, -0.7, -0.3, -0.2, -0.1], np.float32)
+    human = np.array([0, 0, 1, 1, 0, 0])
+    np.testing.assert_array_equal(advantage.window_ends(6, 3, human), [2, 2, 5, 6, 6, 6])
+    plain = advantage.episode(rewards, values, 3, success=True)
+    stopped = advantage.episode(rewards, values, 3, success=True, intervention=human)
+    # The plain window credits frames 0-1 with the operator's recovery; stopped, they own the bad hand-over.
+    np.testing.assert_allclose(plain, [0.0, 0.0, 0.3, 0.1, 0.1, 0.1], atol=1e-6)
+    np.testing.assert_allclose(stopped, [-0.3, -0.3, 0.3, 0.1, 0.1, 0.1], atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_without_interventions_stopping_changes_nothing(seed):
+    rng = np.random.default_rng(seed)
+    rewards, values = rng.normal(size=40).astype(np.float32), rng.normal(size=40).astype(np.float32)
+    np.testing.assert_array_equal(advantage.episode(rewards, values, 7, success=False, intervention=np.zeros(40, int)),
+                                  advantage.episode(rewards, values, 7, success=False))
