@@ -7,7 +7,8 @@ checkpoint or the previous round's policy), then serve the policy and evaluate i
 on the simulated task. Stages are recorded in DIR/round.json; a crashed round resumes from the
 last finished stage; every stage writes new directories under DIR and never touches its inputs.
 `skip_value: true` trains on the labels the data already carries (pistar's Stage 3: interventions
-positive, the rest none), the right first round on small data. `--demo` generates the simulated
+positive, the rest none), the right first round on small data. `value_scale: task` adds a `targets`
+stage before the value model: the RECAP columns recomputed on the task's steps-to-success scale. `--demo` generates the simulated
 task's data and runs every stage with tiny models on a local Ray, including an SFT baseline, and
 ends with the success-rate table; `--experiment` is the same at the size of BENCHMARKS.md
 "RECAP vs SFT", with the served SFT policy's corrected rollouts.
@@ -30,6 +31,7 @@ from jobs import cli, collect, evaluate, make_dataset, merge, prepare, relabel, 
 from recap_ray import manifest as manifest_lib
 from recap_ray.configs import registry
 from recap_ray.data import dataset as dataset_mod
+from recap_ray.data import prepare as prepare_lib
 from recap_ray.data import recap_columns
 from recap_ray.serve import app_config
 from recap_ray.sim import session, world
@@ -55,7 +57,9 @@ class RoundConfig:
     policy_steps: int | None = None  # default: the config's
     sft_steps: int | None = None  # steps of the SFT baseline a simulated round trains first (default: policy_steps)
     batch_size: int | None = None  # global batch of both trainings (default: the configs')
+    value_scale: prepare_lib.ValueScale = "episode"  # value targets: steps over each episode's length, or its task's longest
     lookahead: int = 50  # N of the N-step advantage
+    stop_at_intervention: bool = False  # autonomous advantage windows end where the operator next takes over
     positive_ratio: float = 0.3  # fraction of autonomous frames labelled positive
     num_workers: int = 1  # training workers (hosts)
     gpus_per_worker: int = 0  # GPUs per training worker
@@ -63,9 +67,14 @@ class RoundConfig:
     gpus_per_actor: float | None = None  # GPUs per actor
     eval_episodes: int = 0  # closed-loop episodes on the simulated task (0: no evaluation)
     eval_baseline: str | None = None  # checkpoint evaluated beside the new policy (default: the init policy)
+    cfg_beta: float | None = None  # classifier-free guidance of the served policies (collection and evaluation)
     serve_port: int = 8000  # port of the collection and evaluation endpoints (may change when resuming)
     task: world.TaskConfig = world.TaskConfig()  # simulated task of the collect and evaluate stages
     dagger: session.DaggerConfig = session.DaggerConfig()  # simulated operator of the collect stage
+
+    def __post_init__(self) -> None:
+        if self.value_scale not in prepare_lib.VALUE_SCALES:
+            raise ValueError(f"value_scale {self.value_scale!r} is not one of {prepare_lib.VALUE_SCALES}")
 
     @classmethod
     def from_yaml(cls, path: Path) -> "RoundConfig":
@@ -77,7 +86,10 @@ class RoundConfig:
             if name in raw:
                 fields = _fields(kind, raw[name] or {}, f"{path}: {name}")
                 raw[name] = kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
-        return cls(**raw)
+        try:
+            return cls(**raw)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
 
 
 def _fields(cls: type, raw: Any, where: str) -> dict[str, Any]:
@@ -122,6 +134,12 @@ def data_stage(rc: RoundConfig, out: Path) -> dict[str, Any]:
     return {"outputs": {"dataset": str(dataset)}}
 
 
+def targets_stage(rc: RoundConfig, dataset: str, out: Path) -> dict[str, Any]:
+    """The RECAP columns recomputed on the round's value scale (a new version; adv_ind back to the data's labels)."""
+    return {"outputs": {"dataset": str(prepare.main(prepare.Config(input=Path(dataset), output=out,
+                                                                 value_scale=rc.value_scale)))}}  # fmt: skip
+
+
 def train_stage(kind: str, rc: RoundConfig, dataset: str, run_dir: Path, init: str | None,
                 steps: int | None = None) -> dict[str, Any]:
     """Train the value model or the policy; `steps` overrides the round's step count."""
@@ -140,7 +158,8 @@ def train_stage(kind: str, rc: RoundConfig, dataset: str, run_dir: Path, init: s
 
 def relabel_stage(rc: RoundConfig, dataset: str, value_run: str, out: Path) -> dict[str, Any]:
     result = relabel.main(relabel.Config(dataset=Path(dataset), value_ckpt=Path(value_run), output=out, lookahead=rc.lookahead,
-                                         positive_ratio=rc.positive_ratio, num_actors=rc.num_actors,
+                                         positive_ratio=rc.positive_ratio, stop_at_intervention=rc.stop_at_intervention,
+                                         num_actors=rc.num_actors,
                                          gpus_per_actor=rc.gpus_per_actor, dtype=None))  # fmt: skip
     return {"outputs": {"dataset": str(result)}}
 
@@ -151,7 +170,7 @@ def served(rc: RoundConfig, checkpoint: str, name: str) -> Iterator[str]:
     from ray import serve as ray_serve
 
     app = app_config.AppConfig(checkpoint=checkpoint, config=rc.policy_config + "_infer", num_gpus=min(rc.gpus_per_worker, 1),
-                               tokenizer=rc.tokenizer)  # fmt: skip
+                               tokenizer=rc.tokenizer, cfg_beta=rc.cfg_beta)  # fmt: skip
     uri, metadata = serve.start(serve.Config(app=app, port=rc.serve_port, name=name))
     try:
         answered = Path(str(metadata.get("checkpoint", "")))
@@ -205,10 +224,14 @@ def run_round(rc: RoundConfig, out: Path, *, sft_stage: bool = False) -> dict[st
                      lambda: collect_stage(rc, data, init, out))["outputs"]["dataset"]  # fmt: skip
     policy_data = data
     if not rc.skip_value:
+        if rc.value_scale != "episode":
+            data = m.run("targets", {"dataset": data}, f"jobs.prepare --value-scale {rc.value_scale}",
+                         lambda: targets_stage(rc, data, out / "data_targets"))["outputs"]["dataset"]  # fmt: skip
         value = m.run("value", {"dataset": data}, f"jobs.train_value --config {rc.value_config}",
                       lambda: train_stage("value", rc, data, out / "value", None))["outputs"]["run_dir"]  # fmt: skip
         policy_data = m.run("relabel", {"dataset": data, "value_ckpt": value},
-                            f"jobs.relabel --lookahead {rc.lookahead} --positive-ratio {rc.positive_ratio}",
+                            f"jobs.relabel --lookahead {rc.lookahead} --positive-ratio {rc.positive_ratio}"
+                            + (" --stop-at-intervention" if rc.stop_at_intervention else ""),
                             lambda: relabel_stage(rc, data, value, out / "relabeled"))["outputs"]["dataset"]  # fmt: skip
     policy = m.run("policy", {"dataset": policy_data, "init": init}, f"jobs.train_policy --config {rc.policy_config}",
                    lambda: train_stage("policy", rc, policy_data, out / "policy", init))["outputs"]["run_dir"]  # fmt: skip
@@ -240,12 +263,14 @@ DEMO = SimRound(RoundConfig(policy_config="pi06_sim", value_config="value_tiny",
 # full task the CPU-size policy grasps in 28% of episodes and completes none (BENCHMARKS.md "RECAP vs SFT").
 EXPERIMENT_TASK = world.TaskConfig(grasp_radius=0.05, goal_radius=0.07, object_x=(-0.27, -0.17), object_y=(0.2, 0.3),
                                    goal_x=(0.17, 0.27), goal_y=(0.2, 0.3))  # fmt: skip
-# BENCHMARKS.md "RECAP vs SFT": SFT on demos and scripted DAgger rollouts, 60 rollouts of the served SFT
-# policy with up to 3 corrections each, value model, relabel, RECAP fine-tune from SFT, 100 episodes each.
+# BENCHMARKS.md "RECAP vs SFT": SFT on demos and scripted DAgger rollouts, 120 rollouts of the served SFT
+# policy with up to 3 corrections each, value model on the task's steps-to-success scale, relabel with
+# windows stopped at corrections, RECAP fine-tune from SFT; both policies served with guidance 2, 200 episodes each.
 EXPERIMENT = SimRound(RoundConfig(policy_config="pi06_sim_small", value_config="value_sim", sft_steps=3000,
-                                  policy_steps=2000, value_steps=6000, batch_size=32, lookahead=30,
-                                  collect_rollouts=60, eval_episodes=100, task=EXPERIMENT_TASK,
-                                  dagger=session.DaggerConfig(max_corrections=3)), demos=40, rollouts=40)  # fmt: skip
+                                  policy_steps=2000, value_steps=6000, batch_size=32, lookahead=30, value_scale="task",
+                                  stop_at_intervention=True, cfg_beta=2.0, collect_rollouts=120, eval_episodes=200,
+                                  task=EXPERIMENT_TASK, dagger=session.DaggerConfig(max_corrections=3)),
+                      demos=40, rollouts=40)  # fmt: skip
 
 
 def simulated(out: Path, setup: SimRound, serve_port: int | None = None) -> dict[str, Any]:

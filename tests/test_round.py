@@ -58,6 +58,9 @@ def test_round_yaml_fields_are_checked(tmp_path):
     bad.write_text("sources: [/data/a]\nlookahed: 10\n")
     with pytest.raises(ValueError, match=r"bad.yaml: unknown RoundConfig fields \['lookahed'\]"):
         round_job.RoundConfig.from_yaml(bad)
+    bad.write_text("value_scale: steps\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: value_scale 'steps' is not one of \('episode', 'task'\)"):
+        round_job.RoundConfig.from_yaml(bad)
 
 
 def test_round_yaml_sets_the_simulated_task_and_operator(tmp_path):
