@@ -5,14 +5,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
 
+from etils import epath
+
 from recap_ray.data import versions
 from recap_ray.models import checkpoints
-from recap_ray.train import loop, run_record
+from recap_ray.train import checkpointing, loop, run_record
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ class Config:
     config: str
     """Registry name of the config (value: value, value_tiny; policy: pi06_*)."""
     run_dir: str
-    """Run directory: run.json, checkpoints/, tensorboard/ (a local path or a cloud URI)."""
+    """Run directory: run.json, checkpoints/, tensorboard/ (a local path or gs://bucket/path)."""
     tokenizer: Path | None = None
     """sentencepiece model (default: $RECAP_TOKENIZER); copied into every checkpoint's assets."""
     num_workers: int = 1
@@ -69,13 +70,17 @@ def resolve_tokenizer(path: Path | None) -> Path:
 
 
 def prepare_run_dir(config: Config, kind: str, fingerprint: str) -> None:
-    """Refuse to mix runs: an existing run needs --resume (same config and dataset) or --overwrite."""
-    run_dir = Path(config.run_dir)
+    """Refuse to mix runs: an existing run needs --resume (same config and dataset) or --overwrite.
+
+    RUN_DIR may be a bucket (`gs://...`); one orbax cannot checkpoint to is refused here, before Ray starts.
+    """
     if config.overwrite and config.resume:
         raise ValueError("--resume and --overwrite exclude each other")
+    checkpointing.check_storage(config.run_dir)
+    run_dir = epath.Path(config.run_dir)
     if config.overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    existing = run_record.read(run_dir) if run_dir.exists() else {}
+        run_dir.rmtree()
+    existing = run_record.read(run_dir)
     if not existing and not checkpoints.steps(run_dir):
         return
     if not config.resume:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from etils import epath
 from tqdm import tqdm
 
 from recap_ray.data import features as feats
@@ -128,9 +129,9 @@ def save(path: str | Path, stats: dict[str, NormStats]) -> None:
     path.write_text(dumps(stats))
 
 
-def load(path: str | Path) -> dict[str, NormStats]:
-    """Read openpi's norm_stats.json; a missing field is an error naming the key."""
-    path = Path(path)
+def load(path: epath.PathLike) -> dict[str, NormStats]:
+    """Read openpi's norm_stats.json (a local file or one in a bucket); a missing field is an error naming the key."""
+    path = epath.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: norm stats file is missing")
     data = json.loads(path.read_text())

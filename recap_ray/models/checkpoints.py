@@ -11,15 +11,27 @@ A training run directory (written by `recap_ray.train`, read by relabel and serv
     RUN_DIR/checkpoints/<step>/assets/tokenizer.model              the sentencepiece model it was trained with
 
 A step directory is openpi's `<checkpoint_dir>/<step>`, so openpi tools load `params/` and
-`assets/` from it directly. Orbax finalizes a step by renaming its temporary directory, so a
-`<step>` directory with an integer name is a whole checkpoint.
+`assets/` from it directly. RUN_DIR may be a local path or a cloud URI (`gs://bucket/run`): paths
+here are `etils.epath` paths, which reach buckets through fsspec. Orbax finalizes a local step by
+renaming its temporary directory, and a gs:// step (written in place) by adding
+`commit_success.txt`; `steps` asks orbax which steps are finalized, so a save in progress is never
+resolved.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
+
+import fsspec
+import orbax.checkpoint as ocp
+from etils import epath
+
+# epath reaches gs:// and s3:// through fsspec, whose per-process listing cache never sees what other
+# writers add (train workers, orbax's arrays through TensorStore): a driver that looked at RUN_DIR before
+# a run would read its run.json as missing and find no checkpoint after it. Bucket listings are read fresh.
+for _protocol in ("gs", "s3"):
+    fsspec.config.conf.setdefault(_protocol, {}).setdefault("use_listings_cache", False)
 
 RUN_FILE = "run.json"
 CHECKPOINTS_DIR = "checkpoints"
@@ -31,28 +43,25 @@ NORM_STATS_FILE = "norm_stats.json"
 TOKENIZER_FILE = "tokenizer.model"
 
 
-def checkpoints_dir(run_dir: str | Path) -> Path:
+def checkpoints_dir(run_dir: epath.PathLike) -> epath.Path:
     """`RUN_DIR/checkpoints`."""
-    return Path(run_dir) / CHECKPOINTS_DIR
+    return epath.Path(run_dir) / CHECKPOINTS_DIR
 
 
-def steps(run_dir: str | Path) -> list[int]:
+def steps(run_dir: epath.PathLike) -> list[int]:
     """The finished checkpoint steps of a run, ascending (empty when none)."""
-    root = checkpoints_dir(run_dir)
-    if not root.is_dir():
-        return []
-    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(ocp.step.checkpoint_steps(checkpoints_dir(run_dir)))
 
 
-def is_run_dir(path: str | Path) -> bool:
+def is_run_dir(path: epath.PathLike) -> bool:
     """True for a training run directory (has run.json or checkpoints/)."""
-    path = Path(path)
+    path = epath.Path(path)
     return (path / RUN_FILE).is_file() or checkpoints_dir(path).is_dir()
 
 
-def resolve(path: str | Path, step: int | None = None) -> Path:
+def resolve(path: epath.PathLike, step: int | None = None) -> epath.Path:
     """A step directory from a run directory (its latest checkpoint, or `step`) or a step directory."""
-    path = Path(path)
+    path = epath.Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no checkpoint or run directory at {path}")
     if (path / PARAMS_ITEM).is_dir():
@@ -69,24 +78,25 @@ def resolve(path: str | Path, step: int | None = None) -> Path:
     return checkpoints_dir(path) / str(found[-1] if step is None else step)
 
 
-def params_dir(step_dir: str | Path) -> Path:
+def params_dir(step_dir: epath.PathLike) -> epath.Path:
     """`<step>/params`."""
-    return Path(step_dir) / PARAMS_ITEM
+    return epath.Path(step_dir) / PARAMS_ITEM
 
 
-def norm_stats_file(step_dir: str | Path, asset_id: str) -> Path:
+def norm_stats_file(step_dir: epath.PathLike, asset_id: str) -> epath.Path:
     """`<step>/assets/<asset_id>/norm_stats.json` (openpi's layout)."""
-    return Path(step_dir) / ASSETS_DIR / asset_id / NORM_STATS_FILE
+    return epath.Path(step_dir) / ASSETS_DIR / asset_id / NORM_STATS_FILE
 
 
-def tokenizer_file(step_dir: str | Path) -> Path:
+def tokenizer_file(step_dir: epath.PathLike) -> epath.Path:
     """`<step>/assets/tokenizer.model`."""
-    return Path(step_dir) / ASSETS_DIR / TOKENIZER_FILE
+    return epath.Path(step_dir) / ASSETS_DIR / TOKENIZER_FILE
 
 
-def run_info(step_dir: str | Path) -> dict[str, Any] | None:
+def run_info(step_dir: epath.PathLike) -> dict[str, Any] | None:
     """The run.json of the run a step directory belongs to, or None for a loose checkpoint."""
-    run_file = Path(step_dir).parent.parent / RUN_FILE
-    if Path(step_dir).parent.name != CHECKPOINTS_DIR or not run_file.is_file():
+    step_dir = epath.Path(step_dir)
+    run_file = step_dir.parent.parent / RUN_FILE
+    if step_dir.parent.name != CHECKPOINTS_DIR or not run_file.is_file():
         return None
     return json.loads(run_file.read_text())

@@ -12,10 +12,10 @@ Whether the clause is required or dropped is decided by `transforms.TokenizeProm
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import sentencepiece
+from etils import epath
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +45,15 @@ def format_prompt(text: str, state: np.ndarray | None, adv_ind: str | None = Non
 class PromptTokenizer:
     """Sentencepiece (PaliGemma's `paligemma_tokenizer.model`, or any model file) with fixed-length output."""
 
-    def __init__(self, model_path: str | os.PathLike[str], max_len: int):
-        path = os.fspath(model_path)
-        if not os.path.exists(path):
+    def __init__(self, model_path: epath.PathLike, max_len: int):
+        """`model_path`: a local file or one in a bucket (a checkpoint's assets in gs://...)."""
+        path = epath.Path(model_path)
+        if not path.is_file():
             raise FileNotFoundError(
-                f"sentencepiece model {path!r} not found; give a local copy of PaliGemma's "
+                f"sentencepiece model {str(path)!r} not found; give a local copy of PaliGemma's "
                 "paligemma_tokenizer.model (nothing is downloaded)"
             )
-        self._sp = sentencepiece.SentencePieceProcessor(model_file=path)
+        self._sp = sentencepiece.SentencePieceProcessor(model_proto=path.read_bytes())
         self.max_len = max_len
 
     @property

@@ -14,12 +14,12 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from recap_ray import transforms
@@ -125,10 +125,10 @@ class Policy:
     @classmethod
     def load(cls, checkpoint: str | os.PathLike[str], config: str | policy_configs.PolicyConfig, *,
              tokenizer_path: str | os.PathLike[str] | None = None, options: PolicyOptions = PolicyOptions()) -> Policy:
-        """From a training run directory (its latest step) or one step directory, in the checkpoints layout."""
+        """From a training run directory (its latest step) or one step directory, in the checkpoints layout (local or gs://)."""
         cfg = infer_config(config) if isinstance(config, str) else config
         step = checkpoints.resolve(checkpoint)
-        tok_file = Path(tokenizer_path) if tokenizer_path is not None else checkpoints.tokenizer_file(step)
+        tok_file = epath.Path(tokenizer_path) if tokenizer_path is not None else checkpoints.tokenizer_file(step)
         if not tok_file.is_file():
             raise FileNotFoundError(f"{step}: no tokenizer at {tok_file}; pass one (--tokenizer)")
         model = cfg.model.abstract_model()

@@ -1,7 +1,8 @@
 """Orbax checkpoints of a training run, in openpi's step layout (see `models/checkpoints.py`).
 
 Each step directory holds four items, written together by one `CheckpointManager.save` (async,
-atomic: orbax writes a temporary directory and renames it when every item is done):
+atomic: locally orbax writes a temporary directory and renames it when every item is done; in a
+gs:// bucket it writes the step in place and adds `commit_success.txt` last):
 `params` (what consumers load: openpi's params/ for the policy, pistar's {params, ema_params, step}
 for the value model), `train_state` (flat dict of every leaf of `TrainState`, so optimizer state
 of any structure round-trips and restores onto a new mesh), `data` (the loader position, JSON)
@@ -12,8 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import orbax.checkpoint as ocp
@@ -25,6 +25,15 @@ logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- assets item
+
+
+def _files(directory: epath.Path) -> Iterator[epath.Path]:
+    """Every file under `directory` (iterdir, not rglob: epath has no recursive glob in buckets)."""
+    for p in directory.iterdir():
+        if p.is_dir():
+            yield from _files(p)
+        else:
+            yield p
 
 
 class AssetsHandler(ocp.CheckpointHandler):
@@ -39,7 +48,9 @@ class AssetsHandler(ocp.CheckpointHandler):
             path.write_bytes(data)
 
     def restore(self, directory: epath.Path, args: "AssetsRestore | None" = None) -> dict[str, bytes]:
-        return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+        files = {str(p.relative_to(directory)): p for p in _files(directory)}
+        files.pop(ocp.path.atomicity.COMMIT_SUCCESS_FILE, None)  # orbax's mark of a finished item in a bucket
+        return {rel: p.read_bytes() for rel, p in files.items()}
 
 
 @ocp.args.register_with_handler(AssetsHandler, for_save=True)
@@ -101,9 +112,26 @@ class CheckpointOptions:
     async_save: bool = True  # write in the background while training goes on
 
 
-def manager(run_dir: str | Path, options: CheckpointOptions = CheckpointOptions()) -> ocp.CheckpointManager:
-    """The run's CheckpointManager over `RUN_DIR/checkpoints` (a local path or a cloud URI)."""
-    root = epath.Path(str(run_dir)) / checkpoints.CHECKPOINTS_DIR
+ARRAY_URI_SCHEMES = ("gs",)  # buckets orbax-checkpoint (0.12.8) writes arrays to, through TensorStore's gcs driver
+
+
+def check_storage(run_dir: epath.PathLike) -> None:
+    """Refuse, before any work, a run directory orbax cannot save arrays in.
+
+    Orbax builds TensorStore specs for local paths and gs:// only: an s3:// save fails inside the
+    first checkpoint ("Checkpoint path should be absolute. Got s3:/..."), although TensorStore's s3
+    driver itself works. google/orbax#2739 (open) adds S3.
+    """
+    scheme, sep, _ = str(run_dir).partition("://")
+    if sep and scheme not in ARRAY_URI_SCHEMES:
+        raise ValueError(f"{run_dir}: orbax-checkpoint cannot save checkpoints to {scheme}:// "
+                         f"(local paths and {', '.join(s + '://' for s in ARRAY_URI_SCHEMES)} only)")  # fmt: skip
+
+
+def manager(run_dir: epath.PathLike, options: CheckpointOptions = CheckpointOptions()) -> ocp.CheckpointManager:
+    """The run's CheckpointManager over `RUN_DIR/checkpoints` (a local path or a gs:// URI)."""
+    check_storage(run_dir)
+    root = epath.Path(run_dir) / checkpoints.CHECKPOINTS_DIR
     return ocp.CheckpointManager(
         root,
         item_names=(checkpoints.PARAMS_ITEM, checkpoints.TRAIN_STATE_ITEM, checkpoints.DATA_ITEM, checkpoints.ASSETS_DIR),

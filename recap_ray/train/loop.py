@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from etils import epath
 from tqdm import tqdm
 
 from recap_ray import tracker as tracker_lib
@@ -34,7 +35,7 @@ class TrainJob:
     kind: str  # "value" or "policy"
     config: str  # registry name of the value-model or policy config
     dataset: str  # dataset version to train on
-    run_dir: str  # run directory (local path or cloud URI for checkpoints)
+    run_dir: str  # run directory: a local path or a gs:// URI (see checkpointing.check_storage)
     tokenizer: str  # sentencepiece model the prompts are encoded with (copied into every checkpoint)
     session: str  # id of this job invocation (restarts within it are counted)
     dataset_fingerprint: str | None = None  # the dataset's content fingerprint when the caller has it
@@ -125,7 +126,7 @@ def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_
         out_shardings=(shardings, sharding.replicated(mesh)),
         donate_argnums=0,
     )
-    tracker = tracker or (tracker_lib.TensorBoardTracker(Path(job.run_dir) / "tensorboard") if lead else tracker_lib.NullTracker())
+    tracker = tracker or (tracker_lib.TensorBoardTracker(epath.Path(job.run_dir) / "tensorboard") if lead else tracker_lib.NullTracker())
 
     def save(step: int) -> None:
         params = task.params_item(graphdef, state)

@@ -5,6 +5,9 @@ finished step), start_step (the step the latest (re)start resumed from), restart
 restarts after a failure or preemption within one job), checkpoints (the saved steps), status
 (running / finished / preempted), world_size, metrics (the last logged), session (the job
 invocation), updated (UTC time).
+
+RUN_DIR may be a cloud URI (`gs://bucket/run`, `s3://bucket/run`): the file goes through
+`etils.epath` (fsspec).
 """
 
 from __future__ import annotations
@@ -12,39 +15,52 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from pathlib import Path
 from typing import Any
+
+from etils import epath
 
 from recap_ray.models import checkpoints
 
 
-def path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / checkpoints.RUN_FILE
+def path(run_dir: epath.PathLike) -> epath.Path:
+    """`RUN_DIR/run.json`."""
+    return epath.Path(run_dir) / checkpoints.RUN_FILE
 
 
-def read(run_dir: str | Path) -> dict[str, Any]:
+def read(run_dir: epath.PathLike) -> dict[str, Any]:
     """The record, or {} when the run has none yet."""
-    p = path(run_dir)
-    return json.loads(p.read_text()) if p.is_file() else {}
+    try:
+        return json.loads(path(run_dir).read_text())
+    except FileNotFoundError:
+        return {}
 
 
-def write(run_dir: str | Path, record: dict[str, Any]) -> dict[str, Any]:
-    """Replace the record atomically (temp file + rename), stamping `updated`."""
+def write(run_dir: epath.PathLike, record: dict[str, Any]) -> dict[str, Any]:
+    """Replace the record atomically, stamping `updated`.
+
+    On a local disk: a temporary file renamed over the old one. In a bucket: one upload, which S3 and
+    GCS publish whole (a reader gets the old object or the new one, never a mix; both are strongly
+    consistent) -- a temporary object plus a copy would add requests and guarantee nothing more, as
+    a bucket has no rename.
+    """
     record = {**record, "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    p = path(run_dir)
+    p, text = path(run_dir), json.dumps(record, indent=2, sort_keys=True)
+    if "://" in str(p):
+        p.write_text(text)
+        return record
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+    tmp.write_text(text)
     tmp.replace(p)
     return record
 
 
-def update(run_dir: str | Path, **fields: Any) -> dict[str, Any]:
+def update(run_dir: epath.PathLike, **fields: Any) -> dict[str, Any]:
     """Merge `fields` into the record."""
     return write(run_dir, {**read(run_dir), **fields})
 
 
-def start(run_dir: str | Path, session: str, **fields: Any) -> dict[str, Any]:
+def start(run_dir: epath.PathLike, session: str, **fields: Any) -> dict[str, Any]:
     """Mark a (re)start: a second start within the same session counts one restart."""
     record = read(run_dir)
     restarts = record.get("restarts", 0)

@@ -1,0 +1,174 @@
+"""Run directories in buckets, on local stand-ins: a value run on gs:// (gcp-storage-emulator, reached
+by gcsfs and TensorStore) writes run.json, checkpoints and TensorBoard events there and resumes from
+them; on s3:// (moto's server, reached by s3fs) run.json, TensorBoard and checkpoint listing work and
+training is refused before any work, as orbax cannot save arrays to S3."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from collections.abc import Callable, Iterator
+from http import HTTPStatus
+from typing import Any
+
+import fsspec
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from etils import epath
+
+from jobs import training
+from recap_ray import tracker
+from recap_ray.data import norm_stats, versions
+from recap_ray.models import checkpoints, tokenizer
+from recap_ray.train import checkpointing, loop, run_record
+
+BUCKET = "recap-runs"
+
+
+def _with_generation(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """The emulator's object GET plus what GCS always does and TensorStore's reads rely on: the
+    `x-goog-generation` header, and 304 for `ifGenerationNotMatch` of the current generation."""
+    from gcp_storage_emulator.exceptions import NotFound
+
+    def get(request: Any, response: Any, storage: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+        except NotFound:
+            return handler(request, response, storage, *args, **kwargs)
+        if request.query.get("ifGenerationNotMatch", [None])[0] == obj["generation"]:
+            response.status = HTTPStatus.NOT_MODIFIED
+            return None
+        handler(request, response, storage, *args, **kwargs)
+        response["x-goog-generation"], response["x-goog-metageneration"] = obj["generation"], obj["metageneration"]
+        return None
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def gcs_bucket() -> Iterator[str]:
+    """gs://BUCKET on an in-memory GCS emulator that every client in this process talks to.
+
+    Two gaps of the stand-ins are closed while the bucket lives: the emulator's object reads get
+    GCS's generation headers (`_with_generation`), and gs:// maps to gcsfs's plain JSON-API class
+    (its default class first asks the Storage Control API, over gRPC, whether the bucket is zonal).
+    """
+    from gcp_storage_emulator import server as emulator
+    from gcp_storage_emulator.handlers import objects
+    from gcsfs.core import GCSFileSystem
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    protocols = {name: fsspec.get_filesystem_class(name) for name in ("gs", "gcs")}
+    with pytest.MonkeyPatch.context() as mp:
+        for _, handlers in emulator.HANDLERS:
+            if handlers.get("GET") in (objects.get, objects.download):
+                mp.setitem(handlers, "GET", _with_generation(handlers["GET"]))
+        for name in protocols:
+            fsspec.register_implementation(name, GCSFileSystem, clobber=True)
+        mp.setenv("STORAGE_EMULATOR_HOST", url)  # gcsfs (epath)
+        mp.setitem(fsspec.config.conf.setdefault("gs", {}), "token", "anon")  # gcsfs: no credential search
+        mp.setenv("TENSORSTORE_GCS_HTTP_URL", url)  # TensorStore (orbax's arrays)
+        mp.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")  # TensorStore: no credential search
+        yield f"gs://{BUCKET}"
+    for name, cls in protocols.items():
+        fsspec.register_implementation(name, cls, clobber=True)
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_bucket() -> Iterator[str]:
+    """s3://BUCKET on moto's S3 server (s3fs and boto3 find it through AWS_ENDPOINT_URL)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        yield f"s3://{BUCKET}"
+    server.stop()
+
+
+def _events(run_dir: str) -> bytes:
+    files = list((epath.Path(run_dir) / "tensorboard").iterdir())
+    assert [f.name.startswith("events.out.tfevents.") for f in files] == [True], files
+    return files[0].read_bytes()
+
+
+def test_value_run_in_gcs_bucket_resumes(gcs_bucket, train_dataset, sentencepiece_model):
+    run_dir = f"{gcs_bucket}/runs/value"
+    config = training.Config(dataset=train_dataset, config="value_tiny", run_dir=run_dir, tokenizer=sentencepiece_model)
+    fingerprint = versions.fingerprint(train_dataset)
+    training.prepare_run_dir(config, "value", fingerprint)  # nothing there yet: a new run
+    job = loop.TrainJob(kind="value", config="value_tiny", dataset=str(train_dataset), run_dir=run_dir,
+                        tokenizer=str(sentencepiece_model), session="s1", dataset_fingerprint=fingerprint,
+                        num_steps=1, save_interval=1, batch_size=4, log_interval=1, loader_threads=1, prefetch=2,
+                        async_save=False)  # fmt: skip
+    loop.train(job)
+    record = run_record.read(run_dir)
+    assert (record["status"], record["step"], record["checkpoints"]) == ("finished", 1, [1])
+    assert checkpoints.steps(run_dir) == [1]
+    assert b"train/loss" in _events(run_dir)
+
+    with pytest.raises(FileExistsError, match=f"{run_dir} already holds a run"):
+        training.prepare_run_dir(config, "value", fingerprint)
+    with pytest.raises(ValueError, match="dataset_fingerprint was"):
+        training.prepare_run_dir(dataclasses.replace(config, resume=True), "value", "another dataset")
+    training.prepare_run_dir(dataclasses.replace(config, resume=True), "value", fingerprint)
+    loop.train(dataclasses.replace(job, num_steps=2, session="s2"))
+    record = run_record.read(run_dir)
+    assert (record["status"], record["start_step"], record["step"], record["checkpoints"]) == ("finished", 1, 2, [1, 2])
+
+    (checkpoints.params_dir(checkpoints.checkpoints_dir(run_dir) / "3") / "manifest.ocdbt").write_bytes(b"")
+    assert checkpoints.steps(run_dir) == [1, 2]  # a step written in place lacks commit_success.txt until done
+    step_dir = checkpoints.resolve(run_dir)
+    assert str(step_dir) == f"{run_dir}/checkpoints/2"
+    assert checkpoints.run_info(step_dir)["config"] == "value_tiny"
+    with ocp.PyTreeCheckpointer() as ckptr:
+        first, second = (ckptr.restore(checkpoints.params_dir(checkpoints.resolve(run_dir, s))) for s in (1, 2))
+    assert (first["step"], second["step"]) == (1, 2)
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first["params"]), jax.tree.leaves(second["params"])))
+    mngr = checkpointing.manager(run_dir)
+    assets = mngr.restore(2, args=ocp.args.Composite(assets=checkpointing.AssetsRestore()))["assets"]
+    mngr.close()
+    assert assets == {checkpoints.TOKENIZER_FILE: sentencepiece_model.read_bytes()}
+    remote, local = (tokenizer.PromptTokenizer(p, 16) for p in (checkpoints.tokenizer_file(step_dir), sentencepiece_model))
+    np.testing.assert_array_equal(remote.tokenize("hand over the block", None)[0], local.tokenize("hand over the block", None)[0])
+    stats = {"state": norm_stats.NormStats(mean=np.arange(3.0), std=np.ones(3), q01=-np.ones(3), q99=np.ones(3))}
+    checkpoints.norm_stats_file(step_dir, "tiny").write_text(norm_stats.dumps(stats))  # serving reads it too
+    np.testing.assert_array_equal(norm_stats.load(checkpoints.norm_stats_file(step_dir, "tiny"))["state"].mean, np.arange(3.0))
+
+    training.prepare_run_dir(dataclasses.replace(config, overwrite=True), "value", fingerprint)
+    assert run_record.read(run_dir) == {} and checkpoints.steps(run_dir) == []
+
+
+def test_s3_run_dir_records_and_refuses_checkpoints(s3_bucket, tmp_path):
+    run_dir = f"{s3_bucket}/runs/value"
+    config = training.Config(dataset=tmp_path, config="value_tiny", run_dir=run_dir)
+    with pytest.raises(ValueError, match=f"{run_dir}: orbax-checkpoint cannot save checkpoints to s3://"):
+        training.prepare_run_dir(config, "value", "fingerprint")
+
+    run_record.start(run_dir, "s1", kind="value", config="value_tiny")
+    run_record.update(run_dir, step=3)
+    record = run_record.read(run_dir)
+    assert [record[k] for k in ("kind", "status", "step", "restarts")] == ["value", "running", 3, 0]
+    board = tracker.TensorBoardTracker(f"{run_dir}/tensorboard")
+    board.scalars(1, {"train/loss": 0.5})
+    board.close()
+    assert b"train/loss" in _events(run_dir)
+    for name in ("3", "5", "7.orbax-checkpoint-tmp-1"):  # finished saves, and one in progress
+        (checkpoints.params_dir(checkpoints.checkpoints_dir(run_dir) / name) / "manifest.ocdbt").write_bytes(b"")
+    assert checkpoints.steps(run_dir) == [3, 5]
+    assert str(checkpoints.resolve(run_dir)) == f"{run_dir}/checkpoints/5"
