@@ -28,98 +28,9 @@ import yaml
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-ROOT = Path(__file__).resolve().parents[1]
-CLUSTER = ROOT / "cluster"
-KUBERAY = CLUSTER / "kuberay"
-SERVE_YAML = CLUSTER / "serve.yaml"
-README = CLUSTER / "README.md"
-ALL_YAML = sorted(p for p in CLUSTER.rglob("*") if p.suffix in (".yaml", ".yml"))
-KUBE_YAML = [p for p in ALL_YAML if p.is_relative_to(KUBERAY)]
-LAUNCHER_YAML = [p for p in ALL_YAML if p.is_relative_to(CLUSTER / "launcher")]
-
-API_VERSIONS = {"RayCluster": "ray.io/v1", "RayJob": "ray.io/v1", "RayService": "ray.io/v1", "PersistentVolumeClaim": "v1"}
-# spot node labels: GKE, EKS managed node groups, Karpenter
-SPOT_SELECTORS = {"cloud.google.com/gke-spot": "true", "eks.amazonaws.com/capacityType": "SPOT", "karpenter.sh/capacity-type": "spot"}
-IMAGE_TAG = re.compile(r":(?P<ray>\d+\.\d+\.\d+)-py(?P<py>\d)(?P<pyminor>\d+)-(gpu|cpu|cu\d+)$")
-STAGES = ("prepare", "train_value", "relabel", "train_policy")
-
-
-def _name(path: Path) -> str:
-    return str(path.relative_to(ROOT))
-
-
-def _docs(path: Path) -> list[dict[str, Any]]:
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    assert docs and all(isinstance(d, dict) for d in docs), f"{_name(path)}: expected one or more YAML mappings"
-    return docs
-
-
-def _kube_docs(kind: str) -> list[tuple[Path, dict[str, Any]]]:
-    return [(p, d) for p in KUBE_YAML for d in _docs(p) if d.get("kind") == kind]
-
-
-def _ids(kind: str) -> list[str]:
-    return [_name(p) for p, _ in _kube_docs(kind)]
-
-
-def _quantity(value: Any) -> float:
-    """A Kubernetes CPU or GPU quantity: 8, "8", "500m"."""
-    text = str(value)
-    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
-
-
-def _ray_container(template: dict[str, Any]) -> dict[str, Any]:
-    """KubeRay runs Ray in the pod's first container."""
-    return template["spec"]["containers"][0]
-
-
-def _per_pod(group: dict[str, Any], param: str, limit: str) -> float:
-    """What Ray sees on one pod: the rayStartParams value if set, else the container limit."""
-    from_limit = _quantity(_ray_container(group["template"]).get("resources", {}).get("limits", {}).get(limit, 0))
-    if param in group.get("rayStartParams", {}):
-        from_param = _quantity(group["rayStartParams"][param])
-        assert from_param == from_limit, f"{group.get('groupName', 'head')}: {param} {from_param:g}, {limit} limit {from_limit:g}"
-        return from_param
-    return from_limit
-
-
-def _pod_gpus(group: dict[str, Any]) -> float:
-    return _per_pod(group, "num-gpus", "nvidia.com/gpu")
-
-
-def _cluster_specs() -> list[tuple[str, dict[str, Any]]]:
-    """(label, RayCluster spec) of every cluster defined under cluster/kuberay, embedded ones too."""
-    where = {"RayCluster": "spec", "RayService": "rayClusterConfig", "RayJob": "rayClusterSpec"}
-    return [
-        (f"{_name(p)}:{d['metadata']['name']}", d["spec"] if field == "spec" else d["spec"][field])
-        for kind, field in where.items()
-        for p, d in _kube_docs(kind)
-        if field == "spec" or field in d["spec"]
-    ]
-
-
-class GpuTarget(typing.NamedTuple):
-    """Where GPU work lands: GPUs and CPUs of one pod or node, and the most pods or nodes."""
-
-    label: str
-    gpus: float
-    cpus: float
-    max_nodes: int
-
-
-def _kube_gpu_targets(spec: dict[str, Any], label: str) -> list[GpuTarget]:
-    groups = [g for g in spec.get("workerGroupSpecs", []) if _pod_gpus(g) > 0]
-    return [GpuTarget(f"{label}/{g['groupName']}", _pod_gpus(g), _per_pod(g, "num-cpus", "cpu"), int(g["maxReplicas"])) for g in groups]
-
-
-def _launcher_gpu_targets(path: Path) -> list[GpuTarget]:
-    types = yaml.safe_load(path.read_text())["available_node_types"]
-    return [
-        GpuTarget(f"{_name(path)}/{name}", float(t["resources"]["GPU"]), float(t["resources"].get("CPU", 0)), int(t["max_workers"]))
-        for name, t in types.items()
-        if t.get("resources", {}).get("GPU", 0) > 0
-    ]
-
+import cluster_manifests as manifests
+from cluster_manifests import (ALL_YAML, API_VERSIONS, CLUSTER, IMAGE_TAG, KUBE_YAML, KUBERAY, LAUNCHER_YAML, README,
+                               ROOT, SERVE_YAML, SPOT_SELECTORS, STAGES, GpuTarget)  # fmt: skip
 
 def _entrypoint(command: str) -> tuple[str, list[str]]:
     """`[... --] python -m jobs.NAME ARGS` -> (NAME, ARGS)."""
@@ -179,9 +90,9 @@ def _import_target(import_path: str, where: str) -> None:
     module, _, attr = import_path.partition(":")
     assert module.startswith("actors.") and attr, f"{where}: import_path {import_path!r} should be actors.<module>:<builder>"
     source = ROOT / Path(*module.split(".")).with_suffix(".py")
-    assert source.is_file(), f"{where}: import_path {import_path!r}: no {_name(source)}"
+    assert source.is_file(), f"{where}: import_path {import_path!r}: no {manifests.relative(source)}"
     defined = {n.name for n in ast.parse(source.read_text()).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-    assert attr in defined, f"{where}: {_name(source)} defines no {attr!r}"
+    assert attr in defined, f"{where}: {manifests.relative(source)} defines no {attr!r}"
 
 
 def _serve_apps(text: str, where: str) -> list[dict[str, Any]]:
@@ -191,29 +102,29 @@ def _serve_apps(text: str, where: str) -> list[dict[str, Any]]:
 
 
 def test_cluster_folder_has_what_the_issue_asks():
-    kinds = {d.get("kind") for p in KUBE_YAML for d in _docs(p)}
-    assert {"RayCluster", "RayJob", "RayService"} <= kinds, f"kinds under {_name(KUBERAY)}: {kinds}"
+    kinds = {d.get("kind") for p in KUBE_YAML for d in manifests.docs(p)}
+    assert {"RayCluster", "RayJob", "RayService"} <= kinds, f"kinds under {manifests.relative(KUBERAY)}: {kinds}"
     assert LAUNCHER_YAML and README.is_file() and (CLUSTER / "Dockerfile").is_file()
 
 
-@pytest.mark.parametrize("path", ALL_YAML, ids=_name)
+@pytest.mark.parametrize("path", ALL_YAML, ids=manifests.relative)
 def test_yaml_parses(path):
-    for doc in _docs(path):
+    for doc in manifests.docs(path):
         if path.is_relative_to(KUBERAY):
             kind = doc.get("kind")
-            assert kind in API_VERSIONS, f"{_name(path)}: unexpected kind {kind!r}"
-            assert doc.get("apiVersion") == API_VERSIONS[kind], f"{_name(path)}: {kind} apiVersion {doc.get('apiVersion')!r}"
-            assert doc.get("metadata", {}).get("name"), f"{_name(path)}: {kind} without metadata.name"
+            assert kind in API_VERSIONS, f"{manifests.relative(path)}: unexpected kind {kind!r}"
+            assert doc.get("apiVersion") == API_VERSIONS[kind], f"{manifests.relative(path)}: {kind} apiVersion {doc.get('apiVersion')!r}"
+            assert doc.get("metadata", {}).get("name"), f"{manifests.relative(path)}: {kind} without metadata.name"
 
 
 def test_ray_version_is_one_and_the_projects():
     """rayVersion, image tags, the Dockerfile's base and the launcher's image name one Ray version."""
     versions, images = {}, {}
-    for label, spec in _cluster_specs():
+    for label, spec in manifests.cluster_specs():
         versions[label] = spec["rayVersion"]
         for t in [spec["headGroupSpec"]["template"], *(g["template"] for g in spec.get("workerGroupSpecs", []))]:
             images.update({f"{label}:{c['name']}": c["image"] for c in t["spec"]["containers"]})
-    images.update({_name(p): yaml.safe_load(p.read_text())["docker"]["image"] for p in LAUNCHER_YAML})
+    images.update({manifests.relative(p): yaml.safe_load(p.read_text())["docker"]["image"] for p in LAUNCHER_YAML})
     images["cluster/Dockerfile"] = re.search(r"^FROM\s+(\S+)", (CLUSTER / "Dockerfile").read_text(), flags=re.M).group(1)
     assert images["cluster/Dockerfile"].startswith("rayproject/ray:"), "cluster/Dockerfile should build on rayproject/ray"
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -230,7 +141,7 @@ def test_ray_version_is_one_and_the_projects():
     assert version.release[:2] == installed.release[:2], f"cluster/ pins Ray {version}, this environment has {installed}: bump them together"
 
 
-@pytest.mark.parametrize("label,spec", _cluster_specs(), ids=[label for label, _ in _cluster_specs()])
+@pytest.mark.parametrize("label,spec", manifests.cluster_specs(), ids=[label for label, _ in manifests.cluster_specs()])
 def test_raycluster_spec(label, spec):
     head = spec["headGroupSpec"]
     assert head["rayStartParams"].get("num-cpus") == "0", f"{label}: the head must have num-cpus 0 (drivers only)"
@@ -238,7 +149,7 @@ def test_raycluster_spec(label, spec):
     assert spec.get("autoscalerOptions", {}).get("version") == "v2", f"{label}: autoscalerOptions.version should be v2"
     assert spec.get("authOptions", {}).get("mode") == "token", f"{label}: token auth off"
     assert Version(spec["rayVersion"]) >= Version("2.52.0"), f"{label}: KubeRay token auth needs Ray >= 2.52"
-    pvcs = {d["metadata"]["name"] for _, d in _kube_docs("PersistentVolumeClaim")}
+    pvcs = {d["metadata"]["name"] for _, d in manifests.kube_docs("PersistentVolumeClaim")}
     shared = None
     for name, template in {"head": head["template"], **{g["groupName"]: g["template"] for g in spec["workerGroupSpecs"]}}.items():
         pod = template["spec"]
@@ -246,41 +157,41 @@ def test_raycluster_spec(label, spec):
         assert "RAY_enable_autoscaler_v2" not in {e["name"] for c in pod["containers"] for e in c.get("env", [])}, f"{label}/{name}"
         assert pod.get("restartPolicy", "Never") == "Never", f"{label}/{name}: restartPolicy must be Never or unset (autoscaler v2)"
         claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod.get("volumes", []) if "persistentVolumeClaim" in v}
-        mounts = {m["mountPath"]: claims[m["name"]] for m in _ray_container(template).get("volumeMounts", []) if m["name"] in claims}
+        mounts = {m["mountPath"]: claims[m["name"]] for m in manifests.ray_container(template).get("volumeMounts", []) if m["name"] in claims}
         assert mounts, f"{label}/{name}: no shared volume mounted (stages hand each other paths)"
         assert shared in (None, mounts), f"{label}/{name}: shared mounts {mounts} differ from the other pods' {shared}"
-        assert set(mounts.values()) <= pvcs, f"{label}/{name}: claims {mounts} not all defined under {_name(KUBERAY)}"
+        assert set(mounts.values()) <= pvcs, f"{label}/{name}: claims {mounts} not all defined under {manifests.relative(KUBERAY)}"
         shared = mounts
-    assert _kube_gpu_targets(spec, label), f"{label}: no GPU worker group"
+    assert manifests.kube_gpu_targets(spec, label), f"{label}: no GPU worker group"
     for group in spec["workerGroupSpecs"]:
         g, lo, hi = group["groupName"], int(group["minReplicas"]), int(group["maxReplicas"])
         assert 0 <= lo <= int(group.get("replicas", lo)) <= hi and hi >= 1, f"{label}/{g}: need 0 <= min <= replicas <= max, max >= 1"
-        if _pod_gpus(group) > 0:
-            requests = _ray_container(group["template"]).get("resources", {}).get("requests", {})
-            assert _quantity(requests.get("nvidia.com/gpu", _pod_gpus(group))) == _pod_gpus(group), f"{label}/{g}: GPU request != limit"
+        if manifests.pod_gpus(group) > 0:
+            requests = manifests.ray_container(group["template"]).get("resources", {}).get("requests", {})
+            assert manifests.quantity(requests.get("nvidia.com/gpu", manifests.pod_gpus(group))) == manifests.pod_gpus(group), f"{label}/{g}: GPU request != limit"
             tolerations = group["template"]["spec"].get("tolerations", [])
             assert any(t.get("key") == "nvidia.com/gpu" for t in tolerations), f"{label}/{g}: no toleration for the nvidia.com/gpu taint"
 
 
 def test_raycluster_gpu_group_runs_on_spot():
     spot = []
-    for path, doc in _kube_docs("RayCluster"):
+    for path, doc in manifests.kube_docs("RayCluster"):
         for group in doc["spec"]["workerGroupSpecs"]:
             selected = {k: v for k, v in group["template"]["spec"].get("nodeSelector", {}).items() if k in SPOT_SELECTORS}
-            if _pod_gpus(group) > 0 and selected:
-                assert all(SPOT_SELECTORS[k] == v for k, v in selected.items()), f"{_name(path)}: spot selector {selected}"
-                assert int(group["minReplicas"]) == 0, f"{_name(path)}/{group['groupName']}: spot GPUs should scale from zero"
+            if manifests.pod_gpus(group) > 0 and selected:
+                assert all(SPOT_SELECTORS[k] == v for k, v in selected.items()), f"{manifests.relative(path)}: spot selector {selected}"
+                assert int(group["minReplicas"]) == 0, f"{manifests.relative(path)}/{group['groupName']}: spot GPUs should scale from zero"
                 spot.append(group["groupName"])
     assert spot, f"no RayCluster GPU worker group selects spot nodes ({sorted(SPOT_SELECTORS)})"
 
 
-@pytest.mark.parametrize("path,doc", _kube_docs("RayJob"), ids=_ids("RayJob"))
+@pytest.mark.parametrize("path,doc", manifests.kube_docs("RayJob"), ids=manifests.ids("RayJob"))
 def test_rayjob(path, doc):
-    spec, where = doc["spec"], _name(path)
+    spec, where = doc["spec"], manifests.relative(path)
     if "clusterSelector" in spec:
         name = spec["clusterSelector"]["ray.io/cluster"]
-        found = [d["spec"] for _, d in _kube_docs("RayCluster") if d["metadata"]["name"] == name]
-        assert len(found) == 1, f"{where}: clusterSelector names RayCluster {name!r}; {len(found)} defined under {_name(KUBERAY)}"
+        found = [d["spec"] for _, d in manifests.kube_docs("RayCluster") if d["metadata"]["name"] == name]
+        assert len(found) == 1, f"{where}: clusterSelector names RayCluster {name!r}; {len(found)} defined under {manifests.relative(KUBERAY)}"
         cluster, label = found[0], f"RayCluster {name}"
         for field in ("backoffLimit", "suspend", "rayClusterSpec"):
             assert field not in spec, f"{where}: KubeRay rejects {field} with clusterSelector"
@@ -291,34 +202,34 @@ def test_rayjob(path, doc):
     config = _parse(job, args, where)
     _check_config_name(job, config, where)
     assert getattr(config, "gpus_per_worker", 0) or getattr(config, "gpus_per_actor", None), f"{where}: jobs.{job} asks for no GPUs"
-    targets = _kube_gpu_targets(cluster, label)
+    targets = manifests.kube_gpu_targets(cluster, label)
     assert targets, f"{where}: {label} has no GPU group"
     for target in targets:
         _check_fits(config, target, where)
-    mounts = [m["mountPath"].rstrip("/") + "/" for m in _ray_container(cluster["headGroupSpec"]["template"]).get("volumeMounts", [])]
+    mounts = [m["mountPath"].rstrip("/") + "/" for m in manifests.ray_container(cluster["headGroupSpec"]["template"]).get("volumeMounts", [])]
     for p in (a for a in args if a.startswith("/")):
         assert p.startswith(tuple(mounts)), f"{where}: {p} is not on the shared mounts {mounts}"
 
 
 def test_rayjobs_cover_the_gpu_stages():
-    jobs = {_entrypoint(d["spec"]["entrypoint"])[0] for _, d in _kube_docs("RayJob")}
+    jobs = {_entrypoint(d["spec"]["entrypoint"])[0] for _, d in manifests.kube_docs("RayJob")}
     assert {"train_value", "relabel", "train_policy"} <= jobs, f"RayJobs run {sorted(jobs)}"
 
 
-@pytest.mark.parametrize("path,doc", _kube_docs("RayService"), ids=_ids("RayService"))
+@pytest.mark.parametrize("path,doc", manifests.kube_docs("RayService"), ids=manifests.ids("RayService"))
 def test_rayservice(path, doc):
     from jobs import serve as serve_job
     from recap_ray.configs import registry
     from recap_ray.serve import app_config
 
-    where, cluster = _name(path), doc["spec"]["rayClusterConfig"]
-    targets = _kube_gpu_targets(cluster, where)
+    where, cluster = manifests.relative(path), doc["spec"]["rayClusterConfig"]
+    targets = manifests.kube_gpu_targets(cluster, where)
     assert targets, f"{where}: no GPU group to serve on"
     for group in (cluster["headGroupSpec"], *cluster["workerGroupSpecs"]):  # every node runs a Serve proxy
-        values = {e["name"]: e.get("value") for e in _ray_container(group["template"]).get("env", [])}
+        values = {e["name"]: e.get("value") for e in manifests.ray_container(group["template"]).get("env", [])}
         wrong = {k: v for k, v in serve_job.RAY_ENV.items() if values.get(k) != v}
         assert not wrong, f"{where}: {group.get('groupName', 'head')} needs {wrong} in its env (jobs.serve.RAY_ENV)"
-    env = {e["name"] for g in cluster["workerGroupSpecs"] for e in _ray_container(g["template"]).get("env", [])}
+    env = {e["name"] for g in cluster["workerGroupSpecs"] for e in manifests.ray_container(g["template"]).get("env", [])}
     for app in _serve_apps(doc["spec"]["serveConfigV2"], f"{where} serveConfigV2"):
         _import_target(app["import_path"], where)
         config = app_config.AppConfig.from_args(app.get("args", {}))  # unknown or bad args raise here
@@ -335,26 +246,26 @@ def test_rayservice_agrees_with_serve_yaml():
     from recap_ray.serve import app_config
 
     if not SERVE_YAML.is_file():
-        pytest.skip(f"{_name(SERVE_YAML)} is absent: nothing to compare the RayService's serveConfigV2 with")
-    ours = _serve_apps(SERVE_YAML.read_text(), _name(SERVE_YAML))
+        pytest.skip(f"{manifests.relative(SERVE_YAML)} is absent: nothing to compare the RayService's serveConfigV2 with")
+    ours = _serve_apps(SERVE_YAML.read_text(), manifests.relative(SERVE_YAML))
     for app in ours:
-        _import_target(app["import_path"], _name(SERVE_YAML))
-    for path, doc in _kube_docs("RayService"):
-        theirs, pair = _serve_apps(doc["spec"]["serveConfigV2"], _name(path)), f"{_name(path)} and {_name(SERVE_YAML)}"
+        _import_target(app["import_path"], manifests.relative(SERVE_YAML))
+    for path, doc in manifests.kube_docs("RayService"):
+        theirs, pair = _serve_apps(doc["spec"]["serveConfigV2"], manifests.relative(path)), f"{manifests.relative(path)} and {manifests.relative(SERVE_YAML)}"
         assert [a["import_path"] for a in theirs] == [a["import_path"] for a in ours], f"{pair}: import paths differ"
         gpus = [[app_config.AppConfig.from_args(a.get("args", {})).num_gpus for a in apps] for apps in (theirs, ours)]
         assert gpus[0] == gpus[1], f"{pair}: num_gpus differ, {gpus[0]} vs {gpus[1]}"
 
 
-@pytest.mark.parametrize("path", LAUNCHER_YAML, ids=_name)
+@pytest.mark.parametrize("path", LAUNCHER_YAML, ids=manifests.relative)
 def test_launcher(path):
     from ray.autoscaler._private import util
 
-    where, raw = _name(path), yaml.safe_load(path.read_text())
+    where, raw = manifests.relative(path), yaml.safe_load(path.read_text())
     util.validate_config(util.prepare_config(raw))  # Ray's own defaults merge and schema check, as `ray up` does
     types = raw["available_node_types"]
     assert types[raw["head_node_type"]].get("resources", {}).get("CPU") == 0, f"{where}: head should offer 0 CPUs (drivers only)"
-    assert _launcher_gpu_targets(path), f"{where}: no GPU node type"
+    assert manifests.launcher_gpu_targets(path), f"{where}: no GPU node type"
     for name, t in types.items():
         if name == raw["head_node_type"]:
             continue
@@ -374,12 +285,12 @@ def test_readme_commands():
     blocks = "\n".join(re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)).replace("\\\n", " ")
     commands = [line.split("#")[0].strip() for line in blocks.splitlines() if "python -m jobs." in line]
     jobs = {_entrypoint(c)[0] for c in commands}
-    assert set(STAGES) <= jobs, f"{_name(README)} submits {sorted(jobs)}, missing {sorted(set(STAGES) - jobs)}"
-    targets = [t for _, d in _kube_docs("RayCluster") for t in _kube_gpu_targets(d["spec"], d["metadata"]["name"])]
-    targets += [t for p in LAUNCHER_YAML for t in _launcher_gpu_targets(p)]
+    assert set(STAGES) <= jobs, f"{manifests.relative(README)} submits {sorted(jobs)}, missing {sorted(set(STAGES) - jobs)}"
+    targets = [t for _, d in manifests.kube_docs("RayCluster") for t in manifests.kube_gpu_targets(d["spec"], d["metadata"]["name"])]
+    targets += [t for p in LAUNCHER_YAML for t in manifests.launcher_gpu_targets(p)]
     for command in commands:
         job, args = _entrypoint(command)
-        where = f"{_name(README)}: jobs.{job}"
+        where = f"{manifests.relative(README)}: jobs.{job}"
         if command.startswith("ray job submit"):
             assert "--working-dir ." in command, f"{where}: submit with --working-dir ."
             assert "--entrypoint-num-gpus" not in command, f"{where}: the driver needs no GPU; workers ask for their own"
