@@ -56,6 +56,7 @@ class RoundConfig:
     value_steps: int | None = None  # default: the config's
     policy_steps: int | None = None  # default: the config's
     sft_steps: int | None = None  # steps of the SFT baseline a simulated round trains first (default: policy_steps)
+    sft_config: str | None = None  # registered policy config of that SFT baseline (default: policy_config)
     batch_size: int | None = None  # global batch of both trainings (default: the configs')
     value_scale: prepare_lib.ValueScale = "episode"  # value targets: steps over each episode's length, or its task's longest
     lookahead: int = 50  # N of the N-step advantage
@@ -141,8 +142,8 @@ def targets_stage(rc: RoundConfig, dataset: str, out: Path) -> dict[str, Any]:
 
 
 def train_stage(kind: str, rc: RoundConfig, dataset: str, run_dir: Path, init: str | None,
-                steps: int | None = None) -> dict[str, Any]:
-    """Train the value model or the policy; `steps` overrides the round's step count."""
+                steps: int | None = None, config_name: str | None = None) -> dict[str, Any]:
+    """Train the value model or the policy; `steps` and `config_name` override the round's step count and config."""
     common = dict(dataset=Path(dataset), run_dir=str(run_dir), num_workers=rc.num_workers, gpus_per_worker=rc.gpus_per_worker,
                   batch_size=rc.batch_size, init=init)  # fmt: skip
     if kind == "value":
@@ -150,14 +151,14 @@ def train_stage(kind: str, rc: RoundConfig, dataset: str, run_dir: Path, init: s
                                  num_steps=steps or rc.value_steps, **common)  # fmt: skip
         record = train_value.main(config)
     else:
-        config = train_policy.Config(config=rc.policy_config, tokenizer=Path(rc.tokenizer) if rc.tokenizer else None,
+        config = train_policy.Config(config=config_name or rc.policy_config, tokenizer=Path(rc.tokenizer) if rc.tokenizer else None,
                                      num_steps=steps or rc.policy_steps, **common)  # fmt: skip
         record = train_policy.main(config)
     return {"outputs": {"run_dir": str(run_dir)}, "checkpoints": record["checkpoints"], "metrics": record.get("metrics", {})}
 
 
 def relabel_stage(rc: RoundConfig, dataset: str, value_run: str, out: Path) -> dict[str, Any]:
-    result = relabel.main(relabel.Config(dataset=Path(dataset), value_ckpt=Path(value_run), output=out, lookahead=rc.lookahead,
+    result = relabel.main(relabel.Config(dataset=Path(dataset), value_ckpt=value_run, output=out, lookahead=rc.lookahead,
                                          positive_ratio=rc.positive_ratio, stop_at_intervention=rc.stop_at_intervention,
                                          num_actors=rc.num_actors,
                                          gpus_per_actor=rc.gpus_per_actor, dtype=None))  # fmt: skip
@@ -213,8 +214,9 @@ def run_round(rc: RoundConfig, out: Path, *, sft_stage: bool = False) -> dict[st
         previous = json.loads((Path(rc.previous_round) / manifest_lib.FILE).read_text())
         init = previous["stages"]["policy"]["outputs"]["run_dir"]
     if sft_stage:  # demo: the SFT baseline is trained here, on the data's own labels
-        sft = m.run("sft", {"dataset": data}, f"jobs.train_policy --config {rc.policy_config} (data labels)",
-                    lambda: train_stage("policy", rc, data, out / "sft", init, rc.sft_steps))  # fmt: skip
+        sft_config = rc.sft_config or rc.policy_config
+        sft = m.run("sft", {"dataset": data}, f"jobs.train_policy --config {sft_config} (data labels)",
+                    lambda: train_stage("policy", rc, data, out / "sft", init, rc.sft_steps, sft_config))  # fmt: skip
         init = sft["outputs"]["run_dir"]
     if rc.collect_rollouts:
         if init is None:
@@ -265,9 +267,10 @@ EXPERIMENT_TASK = world.TaskConfig(grasp_radius=0.05, goal_radius=0.07, object_x
                                    goal_x=(0.17, 0.27), goal_y=(0.2, 0.3))  # fmt: skip
 # BENCHMARKS.md "RECAP vs SFT": SFT on demos and scripted DAgger rollouts, 120 rollouts of the served SFT
 # policy with up to 3 corrections each, value model on the task's steps-to-success scale, relabel with
-# windows stopped at corrections, RECAP fine-tune from SFT; both policies served with guidance 2, 200 episodes each.
-EXPERIMENT = SimRound(RoundConfig(policy_config="pi06_sim_small", value_config="value_sim", sft_steps=3000,
-                                  policy_steps=2000, value_steps=6000, batch_size=32, lookahead=30, value_scale="task",
+# windows stopped at corrections, RECAP fine-tune from SFT on a fine-tuning schedule; both policies served
+# with guidance 2, 200 episodes each.
+EXPERIMENT = SimRound(RoundConfig(policy_config="pi06_sim_small_ft", sft_config="pi06_sim_small", value_config="value_sim",
+                                  sft_steps=3000, policy_steps=2000, value_steps=6000, batch_size=32, lookahead=30, value_scale="task",
                                   stop_at_intervention=True, cfg_beta=2.0, collect_rollouts=120, eval_episodes=200,
                                   task=EXPERIMENT_TASK, dagger=session.DaggerConfig(max_corrections=3)),
                       demos=40, rollouts=40)  # fmt: skip

@@ -81,3 +81,76 @@ def test_round_reopens_with_the_same_config(tmp_path):
     config = {"sources": ("/data/a",), "lookahead": 50}
     manifest.Manifest(tmp_path, config)
     assert manifest.Manifest(tmp_path, config).data["config"]["sources"] == ["/data/a"]
+
+
+class _FakeStages:
+    """Stand-ins for run_round's stage bodies: each records its call and creates the directory it reports."""
+
+    def __init__(self, monkeypatch, tmp_path, fail: str | None = None):
+        self.calls: list[tuple] = []
+        self.fail = fail
+        self.tmp = tmp_path
+        for name in ("data_stage", "targets_stage", "train_stage", "relabel_stage", "collect_stage", "evaluate_stage"):
+            monkeypatch.setattr(round_job, name, getattr(self, name))
+
+    def _dir(self, name: str) -> str:
+        if name == self.fail:
+            raise RuntimeError(f"{name} crashed")
+        path = self.tmp / "outputs" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
+
+    def data_stage(self, rc, out):
+        self.calls.append(("data",))
+        return {"outputs": {"dataset": self._dir("data")}}
+
+    def collect_stage(self, rc, dataset, policy, out):
+        self.calls.append(("collect", dataset, policy))
+        return {"outputs": {"dataset": self._dir("collected")}}
+
+    def targets_stage(self, rc, dataset, out):
+        self.calls.append(("targets", dataset))
+        return {"outputs": {"dataset": self._dir("targets")}}
+
+    def train_stage(self, kind, rc, dataset, run_dir, init, steps=None, config_name=None):
+        name = run_dir.name
+        self.calls.append((name, dataset, init, steps, config_name or (rc.value_config if kind == "value" else rc.policy_config)))
+        return {"outputs": {"run_dir": self._dir(name)}, "checkpoints": [1]}
+
+    def relabel_stage(self, rc, dataset, value_run, out):
+        self.calls.append(("relabel", dataset, value_run))
+        return {"outputs": {"dataset": self._dir("relabeled")}}
+
+    def evaluate_stage(self, rc, policies, out):
+        self.calls.append(("evaluate", policies))
+        return {"outputs": {"evaluation": self._dir("evaluation")}}
+
+
+def test_simulated_round_wires_each_stage_to_the_last_ones_outputs(tmp_path, monkeypatch):
+    fake = _FakeStages(monkeypatch, tmp_path)
+    out = lambda name: str(tmp_path / "outputs" / name)  # noqa: E731
+    rc = round_job.RoundConfig(sources=("/data/a",), policy_config="ft", sft_config="scratch", value_config="v",
+                               sft_steps=30, collect_rollouts=4, value_scale="task", eval_episodes=2)  # fmt: skip
+    record = round_job.run_round(rc, tmp_path / "round", sft_stage=True)
+    assert fake.calls == [
+        ("data",),
+        ("sft", out("data"), None, 30, "scratch"),  # the SFT baseline: its own config and steps
+        ("collect", out("data"), out("sft")),  # rollouts of the SFT policy
+        ("targets", out("collected")),
+        ("value", out("targets"), None, None, "v"),
+        ("relabel", out("targets"), out("value")),
+        ("policy", out("relabeled"), out("sft"), None, "ft"),  # RECAP: fine-tuned from SFT on the relabelled data
+        ("evaluate", {"baseline": out("sft"), "recap": out("policy")}),
+    ]
+    assert [s["status"] for s in record["stages"].values()] == ["done"] * 8
+    assert record["stages"]["sft"]["command"] == "jobs.train_policy --config scratch (data labels)"
+
+
+def test_round_on_the_datas_labels_skips_the_value_stages_and_resumes_after_a_crash(tmp_path, monkeypatch):
+    rc = round_job.RoundConfig(sources=("/data/a",), policy_config="p", sft_checkpoint="/ckpt/sft", skip_value=True)
+    fake = _FakeStages(monkeypatch, tmp_path, fail="policy")
+    with pytest.raises(RuntimeError, match="policy crashed"):
+        round_job.run_round(rc, tmp_path / "round")
+    fake = _FakeStages(monkeypatch, tmp_path)
+    round_job.run_round(rc, tmp_path / "round")
+    assert fake.calls == [("policy", str(tmp_path / "outputs" / "data"), "/ckpt/sft", None, "p")]  # data not redone

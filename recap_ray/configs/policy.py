@@ -123,3 +123,13 @@ PI06_SIM_SMALL, PI06_SIM_SMALL_INFER = _pair(
     peak_lr=5e-4, warmup_steps=100, decay_steps=3000, decay_lr=5e-5, log_interval=100, save_interval=500,
     keep_period=500, **_TINY_RUN,
 )
+
+# Fine-tuning a pi06_sim_small checkpoint (the RECAP policy stage of `jobs.round --experiment`): the
+# same model at a fifth of the SFT peak, decayed to a tenth of it over the fine-tune's 2,000 steps and
+# EMA-averaged, so the checkpoint served is as settled as the SFT one it is compared with (the SFT
+# schedule restarted at 5e-4 and ended at 1.7e-4 after 2,000 steps).
+PI06_SIM_SMALL_FT, PI06_SIM_SMALL_FT_INFER = _pair(
+    "pi06_sim_small_ft", model=SIM_SMALL_MODEL, repo_id="local/sim_handover", batch_size=32, num_train_steps=2000,
+    peak_lr=1e-4, warmup_steps=50, decay_steps=2000, decay_lr=1e-5, log_interval=100, save_interval=500,
+    keep_period=500, **{**_TINY_RUN, "ema_decay": 0.995},
+)
