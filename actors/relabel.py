@@ -34,8 +34,8 @@ class InferenceSpec:
 
     dataset: str  # dataset root, readable from every node
     config: str  # registered value-model config
-    params: str  # orbax params item of the checkpoint ({params, ema_params, step})
-    tokenizer: str | None  # sentencepiece model (None: $OPENPI_VALUE_TOKENIZER_PATH and friends)
+    params: str  # orbax params item ({params, ema_params, step}), local or gs://, readable from every node
+    tokenizer: str | None  # sentencepiece model, local or gs:// (None: $OPENPI_VALUE_TOKENIZER_PATH and friends)
     cameras: tuple[tuple[str, str], ...]  # (model camera, dataset video/image key)
     batch_size: int  # frames per model call (chunks are padded to it)
     dtype: str | None = "bfloat16"  # compute dtype (None: pistar's f32 Gemma / bf16 SigLIP)

@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
+
+from recap_ray.models import checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -30,13 +33,14 @@ def side_dir(output: str | Path) -> Path:
     return output.parent / f"{output.name}.relabel"
 
 
-def tree_key(root: str | Path) -> str:
-    """Content hash of a directory tree: relative names, sizes, files up to 2 MiB in full, else first/last MiB."""
-    root = Path(root)
+def tree_key(root: epath.PathLike) -> str:
+    """Content hash of a file or directory tree (local or gs://): relative names, sizes, files up to
+    2 MiB in full, else first/last MiB."""
+    root = epath.Path(root)
     h = hashlib.sha256()
-    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    paths = [root] if root.is_file() else sorted(checkpoints.files(root))
     for path in paths:
-        size = path.stat().st_size
+        size = path.stat().length
         h.update(f"{path.relative_to(root) if path != root else path.name}\0{size}\0".encode())
         with path.open("rb") as f:
             if size > 2 * _SAMPLE:

@@ -117,8 +117,9 @@ def main(args: Args) -> dict[str, Any]:
         if args.value_ckpt is None and args.tokenizer is None:
             raise ValueError("random weights need --tokenizer (a sentencepiece model) for the prompts")
         run = args.value_ckpt or random_checkpoint(work / "run", args.config, args.tokenizer)
-        config = relabel_job.Config(dataset=data, value_ckpt=run, output=work / "unused", config=args.config,
-                                    tokenizer=args.tokenizer, batch_size=args.batch_size, dtype=args.dtype)  # fmt: skip
+        config = relabel_job.Config(dataset=data, value_ckpt=str(run), output=work / "unused", config=args.config,
+                                    tokenizer=None if args.tokenizer is None else str(args.tokenizer),
+                                    batch_size=args.batch_size, dtype=args.dtype)  # fmt: skip
         step, name, tokenizer = relabel_job.resolve_checkpoint(config)
         spec = relabel_job.inference_spec(config, checkpoints.params_dir(step), name, tokenizer)
         with dataset_mod.open(data) as ds:

@@ -7,7 +7,8 @@ positive. Writes O as a new version with `adv_ind` relabelled and `value`, `adva
 and TensorBoard under `O.relabel/` (or `--log-dir`). Resumable: finished episodes' values are kept
 in `O.relabel/work/` and a rerun infers only the rest. Submit to a cluster with
 `ray job submit --working-dir . -- python -m jobs.relabel ...` (paths must be shared storage).
-`--value-ckpt` is a training run directory (its latest checkpoint) or one checkpoint directory.
+`--value-ckpt` is a training run directory (its latest checkpoint) or one checkpoint directory,
+local or in a bucket (gs://bucket/run: the value actors read it there).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import tqdm
+from etils import epath
 
 from actors import relabel as relabel_actors
 from actors import relabel_output, relabel_store
@@ -36,8 +38,8 @@ logger = logging.getLogger(__name__)
 class Config:
     dataset: Path
     """Source dataset with the RECAP columns (only read)."""
-    value_ckpt: Path
-    """Value training run directory (latest checkpoint) or one checkpoint (step) directory."""
+    value_ckpt: str
+    """Value training run directory (latest checkpoint) or one checkpoint (step) directory; local or gs://."""
     output: Path
     """New dataset version; must not exist."""
     lookahead: int = 50
@@ -58,8 +60,8 @@ class Config:
     """Frames per model call; episodes are cut in chunks of this size, padded."""
     config: str | None = None
     """Registered value-model config; default the checkpoint's run.json."""
-    tokenizer: Path | None = None
-    """Sentencepiece model; default the checkpoint's assets/tokenizer.model."""
+    tokenizer: str | None = None
+    """Sentencepiece model, local or gs://; default the checkpoint's assets/tokenizer.model."""
     use_ema: bool = True
     """Use the checkpoint's EMA params."""
     dtype: str | None = "bfloat16"
@@ -99,21 +101,22 @@ def settings(lookahead: int, positive_ratio: float, compat: str, scope: str | No
                             stop_at_intervention)  # fmt: skip
 
 
-def resolve_checkpoint(config: Config) -> tuple[Path, str, Path | None]:
-    """(step dir, value config name, tokenizer) of `--value-ckpt`."""
+def resolve_checkpoint(config: Config) -> tuple[epath.Path, str, epath.Path | None]:
+    """(step dir, value config name, tokenizer) of `--value-ckpt`, each local or in a bucket."""
     step = checkpoints.resolve(config.value_ckpt)
     info = checkpoints.run_info(step) or {}
     name = config.config or info.get("config")
     if name is None:
         raise ValueError(f"{step}: a loose checkpoint (no run.json); pass --config with its value-model config")
     registry.get(name)
-    tokenizer = config.tokenizer
+    tokenizer = None if config.tokenizer is None else epath.Path(config.tokenizer)
     if tokenizer is None and checkpoints.tokenizer_file(step).is_file():
         tokenizer = checkpoints.tokenizer_file(step)
     return step, name, tokenizer
 
 
-def inference_spec(config: Config, params: Path, name: str, tokenizer: Path | None) -> relabel_actors.InferenceSpec:
+def inference_spec(config: Config, params: epath.PathLike, name: str,
+                   tokenizer: epath.PathLike | None) -> relabel_actors.InferenceSpec:
     """What every decode task and value actor is given."""
     model_cameras = registry.get(name).cameras
     mapping = {"base_0_rgb": config.base_camera, "wrist_0_rgb": config.wrist_camera, "right_wrist_0_rgb": config.right_wrist_camera}
@@ -126,8 +129,8 @@ def inference_spec(config: Config, params: Path, name: str, tokenizer: Path | No
         if unknown:
             raise ValueError(f"{config.dataset}: no camera {unknown}; cameras are {ds.meta.video_keys}")
     return relabel_actors.InferenceSpec(
-        dataset=str(config.dataset.resolve()), config=name, params=str(params.resolve()),
-        tokenizer=None if tokenizer is None else str(Path(tokenizer).resolve()),
+        dataset=str(config.dataset.resolve()), config=name, params=str(checkpoints.absolute(params)),
+        tokenizer=None if tokenizer is None else str(checkpoints.absolute(tokenizer)),
         cameras=cameras, batch_size=config.batch_size, dtype=config.dtype, use_ema=config.use_ema,
     )  # fmt: skip
 
@@ -177,7 +180,7 @@ def main(config: Config) -> Path:
     with dataset_mod.open(config.dataset) as ds:
         values = {ep.index: store.load(ep.index) for ep in ds.meta.episodes}
     lineage = {
-        "value_checkpoint": str(step.resolve()),
+        "value_checkpoint": str(checkpoints.absolute(step)),
         "value_checkpoint_key": parts["checkpoint"],
         "value_config": name,
         "use_ema": config.use_ema,

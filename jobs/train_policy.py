@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 from jobs import cli, training
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(training.Config):
-    norm_stats: Path | None = None
-    """openpi norm_stats.json to train with (default: computed from the dataset, delta actions as trained)."""
+    norm_stats: str | None = None
+    """openpi norm_stats.json to train with, local or gs:// (default: computed from the dataset, delta actions)."""
     augment: bool = True
     """Random crop/rotate/colour jitter of training images (openpi's)."""
 
 
 def main(config: Config) -> dict:
-    return training.run(config, "policy", norm_stats=str(config.norm_stats) if config.norm_stats else None, augment=config.augment)
+    return training.run(config, "policy", norm_stats=config.norm_stats, augment=config.augment)
 
 
 if __name__ == "__main__":

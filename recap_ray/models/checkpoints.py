@@ -21,6 +21,8 @@ resolved.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -41,6 +43,21 @@ DATA_ITEM = "data"
 ASSETS_DIR = "assets"
 NORM_STATS_FILE = "norm_stats.json"
 TOKENIZER_FILE = "tokenizer.model"
+
+
+def absolute(path: epath.PathLike) -> epath.Path:
+    """`path` as every process of a job can open it: a local path made absolute, a URI (gs://...) unchanged."""
+    path = epath.Path(path)
+    return path if "://" in os.fspath(path) else path.resolve()
+
+
+def files(directory: epath.PathLike) -> Iterator[epath.Path]:
+    """Every file under `directory` (iterdir, not rglob: epath has no recursive glob in buckets)."""
+    for p in epath.Path(directory).iterdir():
+        if p.is_dir():
+            yield from files(p)
+        else:
+            yield p
 
 
 def checkpoints_dir(run_dir: epath.PathLike) -> epath.Path:

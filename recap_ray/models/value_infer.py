@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from recap_ray.models import value as value_lib
@@ -79,13 +79,13 @@ class ValueEstimator:
     def from_checkpoint(
         cls,
         config: ValueModelConfig,
-        checkpoint: str | Path,
+        checkpoint: epath.PathLike,
         *,
-        tokenizer_path: str | Path | None = None,
+        tokenizer_path: epath.PathLike | None = None,
         use_ema: bool = True,
         **kwargs: Any,
     ) -> "ValueEstimator":
-        """From a pistar value checkpoint (`step_*` dir or its parent), EMA params by default.
+        """From a pistar value checkpoint (`step_*` dir or its parent, local or gs://), EMA params by default.
 
         Tokenizer: `tokenizer_path`, else $OPENPI_VALUE_TOKENIZER_PATH / $GEMMA_TOKENIZER_PATH,
         else the bundle's tokenizer.model under $OPENPI_VLM_CKPT_DIR.
@@ -94,7 +94,8 @@ class ValueEstimator:
         return cls(config, model, _tokenizer(tokenizer_path, config), **kwargs)
 
     @classmethod
-    def from_bundle(cls, config: ValueModelConfig, bundle_dir: str | Path | None = None, **kwargs: Any) -> "ValueEstimator":
+    def from_bundle(cls, config: ValueModelConfig, bundle_dir: epath.PathLike | None = None,
+                    **kwargs: Any) -> "ValueEstimator":
         """From a vlm_ckpt bundle (`--vlm-bundle DIR` or $OPENPI_VLM_CKPT_DIR), with its tokenizer."""
         bundle = value_weights.inspect_bundle(bundle_dir)
         model = value_weights.load_model(config, bundle_dir=bundle.root)
@@ -114,7 +115,7 @@ class ValueEstimator:
         return np.asarray(self._step(self._state, *arrays))[:n]
 
 
-def _tokenizer(path: str | Path | None, config: ValueModelConfig) -> value_tokenizer.ValueTokenizer:
+def _tokenizer(path: epath.PathLike | None, config: ValueModelConfig) -> value_tokenizer.ValueTokenizer:
     try:
         return value_tokenizer.ValueTokenizer.resolve(path, config.max_token_len)
     except FileNotFoundError:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import sentencepiece
+from etils import epath
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +30,12 @@ def value_prompt(prompt: str) -> str:
 class ValueTokenizer:
     """Tokenize value prompts to fixed-length int32 ids and a bool mask."""
 
-    def __init__(self, path: str | Path, max_len: int = 48):
-        path = Path(path)
+    def __init__(self, path: epath.PathLike, max_len: int = 48):
+        """`path`: a local file or one in a bucket (a checkpoint's assets in gs://...)."""
+        path = epath.Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"value tokenizer: no sentencepiece model at {path}")
-        self._sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        self._sp = sentencepiece.SentencePieceProcessor(model_proto=path.read_bytes())
         self.path = path
         self.max_len = max_len
         if self._sp.bos_id() != BOS_ID or self._sp.pad_id() not in (PAD_ID, -1):
@@ -44,7 +45,7 @@ class ValueTokenizer:
             )
 
     @classmethod
-    def resolve(cls, path: str | Path | None, max_len: int = 48) -> "ValueTokenizer":
+    def resolve(cls, path: epath.PathLike | None, max_len: int = 48) -> "ValueTokenizer":
         """Use `path`, else the first of $OPENPI_VALUE_TOKENIZER_PATH, $GEMMA_TOKENIZER_PATH."""
         if path is None:
             for var in TOKENIZER_ENV_VARS:

@@ -10,6 +10,7 @@ The forks read `gemma-3-270m/` two ways; which one a bundle holds is read from i
                 fresh heads (ybpy/pistar-world).
 Value checkpoints: `<dir>/step_{step:08d}/`, an orbax PyTree `{params, ema_params, step}` whose
 params are the model's pure dict (paths as in spec/trees/value_model.tsv).
+Bundles and checkpoints are read through `etils.epath`, so they may be local or in a bucket (gs://).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from recap_ray.models import value as value_lib
@@ -35,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 BUNDLE_ENV_VAR = "OPENPI_VLM_CKPT_DIR"
 GEMMA_SUBDIR = "gemma-3-270m"
-SIGLIP_NPZ = Path("siglip2-so400m-patch14-224-jax") / "siglip2_so400m14_224.npz"
+SIGLIP_NPZ = "siglip2-so400m-patch14-224-jax/siglip2_so400m14_224.npz"
 TOKENIZER_FILE = "tokenizer.model"
 LAYOUT_VALUE_TREE = "value_tree"
 LAYOUT_RAW_GEMMA = "raw_gemma"
@@ -57,9 +59,9 @@ def _strip_value_suffix(flat: Flat) -> Flat:
 # ----------------------------------------------------------------------------- orbax access
 
 
-def find_orbax_dir(path: str | Path) -> Path:
+def find_orbax_dir(path: epath.PathLike) -> epath.Path:
     """`path` itself if it is an orbax checkpoint, else its lexicographically last `step_*` child."""
-    path = Path(path)
+    path = epath.Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no checkpoint directory at {path}")
     if any((path / m).exists() for m in _ORBAX_MARKERS):
@@ -72,7 +74,7 @@ def find_orbax_dir(path: str | Path) -> Path:
     return steps[-1]
 
 
-def tree_metadata(path: Path) -> dict[str, Any]:
+def tree_metadata(path: epath.PathLike) -> dict[str, Any]:
     """The stored tree (leaves = orbax metadata), read without loading arrays."""
     meta = ocp.PyTreeCheckpointer().metadata(path)
     meta = getattr(meta, "item_metadata", meta)  # orbax >= 0.12: StepMetadata
@@ -82,7 +84,7 @@ def tree_metadata(path: Path) -> dict[str, Any]:
     return meta
 
 
-def restore_numpy(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+def restore_numpy(path: epath.PathLike, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Restore the checkpoint at `path` as numpy arrays, only top-level `keys` when given."""
     meta = tree_metadata(path)
     if keys is not None:
@@ -96,7 +98,7 @@ def restore_numpy(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, 
     return ocp.PyTreeCheckpointer().restore(path, args=args)
 
 
-def detect_layout(meta: dict[str, Any], where: Path) -> str:
+def detect_layout(meta: dict[str, Any], where: epath.PathLike) -> str:
     """"value_tree" for `{params: {img, llm, ...}, ...}`, "raw_gemma" for a Gemma3 checkpoint."""
     params = meta.get("params")
     if isinstance(params, dict):
@@ -132,9 +134,9 @@ def gemma_to_llm(tree: dict[str, Any]) -> Flat:
     return out
 
 
-def siglip_npz_to_img(npz_path: Path) -> Flat:
+def siglip_npz_to_img(npz_path: epath.PathLike) -> Flat:
     """big_vision SigLIP2 npz -> flat `img/...` names; unscanned `encoderblock_N` get stacked."""
-    with np.load(npz_path, allow_pickle=False) as data:
+    with epath.Path(npz_path).open("rb") as f, np.load(f, allow_pickle=False) as data:
         flat = {k.removeprefix("params/"): data[k] for k in data.files}
     img = {k[len("img/"):]: v for k, v in flat.items() if k.startswith("img/")}
     if not img:
@@ -211,23 +213,23 @@ params_of = weights.model_params
 class Bundle:
     """Where a vlm_ckpt bundle's parts are and which reading of `gemma-3-270m/` it holds."""
 
-    root: Path  # bundle directory
-    gemma_checkpoint: Path  # the orbax checkpoint dir under gemma-3-270m/
+    root: epath.Path  # bundle directory
+    gemma_checkpoint: epath.Path  # the orbax checkpoint dir under gemma-3-270m/
     layout: str  # LAYOUT_VALUE_TREE or LAYOUT_RAW_GEMMA
-    siglip_npz: Path  # SigLIP2 npz path (may not exist for a value_tree bundle)
-    tokenizer: Path  # Gemma3 sentencepiece model
+    siglip_npz: epath.Path  # SigLIP2 npz path (may not exist for a value_tree bundle)
+    tokenizer: epath.Path  # Gemma3 sentencepiece model
 
 
-def resolve_bundle_dir(bundle_dir: str | Path | None) -> Path:
+def resolve_bundle_dir(bundle_dir: epath.PathLike | None) -> epath.Path:
     """`--vlm-bundle DIR` if given, else $OPENPI_VLM_CKPT_DIR (pistar's variable)."""
     if bundle_dir is None:
         bundle_dir = os.environ.get(BUNDLE_ENV_VAR)
         if not bundle_dir:
             raise FileNotFoundError(f"no --vlm-bundle given and ${BUNDLE_ENV_VAR} is not set")
-    return Path(bundle_dir).expanduser()
+    return epath.Path(bundle_dir).expanduser()
 
 
-def inspect_bundle(bundle_dir: str | Path | None) -> Bundle:
+def inspect_bundle(bundle_dir: epath.PathLike | None) -> Bundle:
     """Locate the bundle's files and read its layout from the orbax metadata; missing files raise."""
     root = resolve_bundle_dir(bundle_dir)
     gemma_dir, tokenizer = root / GEMMA_SUBDIR, root / TOKENIZER_FILE
@@ -244,7 +246,7 @@ def inspect_bundle(bundle_dir: str | Path | None) -> Bundle:
 
 
 def load_bundle(
-    config: ValueModelConfig, bundle_dir: str | Path | None = None, *, use_ema: bool = False, rng: int = 0
+    config: ValueModelConfig, bundle_dir: epath.PathLike | None = None, *, use_ema: bool = False, rng: int = 0
 ) -> dict[str, Any]:
     """Full pure-dict params for `config` from a vlm bundle (either layout); absent heads get fresh init.
 
@@ -276,7 +278,7 @@ def load_bundle(
 
 
 def load_checkpoint(
-    checkpoint: str | Path, *, use_ema: bool = True, config: ValueModelConfig | None = None
+    checkpoint: epath.PathLike, *, use_ema: bool = True, config: ValueModelConfig | None = None
 ) -> tuple[dict[str, Any], int]:
     """(params, step) from a pistar value checkpoint: a `step_*` dir or a parent (last `step_*`).
 
@@ -320,8 +322,8 @@ def save_checkpoint(
 def load_model(
     config: ValueModelConfig,
     *,
-    checkpoint: str | Path | None = None,
-    bundle_dir: str | Path | None = None,
+    checkpoint: epath.PathLike | None = None,
+    bundle_dir: epath.PathLike | None = None,
     use_ema: bool = True,
 ) -> value_lib.ValueModel:
     """A ready model: from a value checkpoint when given, else from the vlm bundle (or its env var)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -25,15 +25,6 @@ logger = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- assets item
-
-
-def _files(directory: epath.Path) -> Iterator[epath.Path]:
-    """Every file under `directory` (iterdir, not rglob: epath has no recursive glob in buckets)."""
-    for p in directory.iterdir():
-        if p.is_dir():
-            yield from _files(p)
-        else:
-            yield p
 
 
 class AssetsHandler(ocp.CheckpointHandler):
@@ -48,7 +39,7 @@ class AssetsHandler(ocp.CheckpointHandler):
             path.write_bytes(data)
 
     def restore(self, directory: epath.Path, args: "AssetsRestore | None" = None) -> dict[str, bytes]:
-        files = {str(p.relative_to(directory)): p for p in _files(directory)}
+        files = {str(p.relative_to(directory)): p for p in checkpoints.files(directory)}
         files.pop(ocp.path.atomicity.COMMIT_SUCCESS_FILE, None)  # orbax's mark of a finished item in a bucket
         return {rel: p.read_bytes() for rel, p in files.items()}
 

@@ -73,7 +73,7 @@ def make_task(job: TrainJob) -> tasks.Task:
     if job.kind == "value":
         return tasks.ValueTask(config, Path(job.tokenizer), job.init)
     if job.kind == "policy":
-        return tasks.PolicyTask(config, Path(job.tokenizer), job.init, Path(job.norm_stats) if job.norm_stats else None, job.augment)
+        return tasks.PolicyTask(config, Path(job.tokenizer), job.init, job.norm_stats, job.augment)
     raise ValueError(f"TrainJob.kind must be 'value' or 'policy', got {job.kind!r}")
 
 

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from recap_ray import transforms
@@ -47,19 +48,19 @@ class ValueTask:
         return optim.pistar_value_schedule(self.config.peak_lr, self.config.decay_lr, num_steps)
 
     def build_model(self) -> nnx.Module:
-        """The model with its initial weights: a bundle, a checkpoint or run, or random."""
+        """The model with its initial weights: the bundle of $OPENPI_VLM_CKPT_DIR ("bundle"), a bundle directory,
+        one of our runs or steps, a pistar checkpoint (local or gs://), or random."""
         source = self.init if self.init is not None else self.config.init_weights
         if source is None:
             return self.config.create(self.config.seed)
         if source == "bundle":
             return value_weights.load_model(self.config)
-        path = Path(source)
+        path = epath.Path(source)  # local, or a bucket (gs://): pathlib would turn gs://b/x into gs:/b/x
         if checkpoints.is_run_dir(path) or (path / checkpoints.PARAMS_ITEM).is_dir():
             return value_weights.load_model(self.config, checkpoint=checkpoints.params_dir(checkpoints.resolve(path)), use_ema=True)
-        try:
-            return value_weights.load_model(self.config, checkpoint=path, use_ema=True)
-        except KeyError:
+        if (path / value_weights.GEMMA_SUBDIR).is_dir():
             return value_weights.load_model(self.config, bundle_dir=path)
+        return value_weights.load_model(self.config, checkpoint=path, use_ema=True)
 
     def trainable(self) -> nnx.filterlib.Filter:
         return self.config.trainable_filter()
@@ -103,7 +104,7 @@ class PolicyTask:
     config: policy_configs.PolicyConfig
     tokenizer_path: Path
     init: str | None  # overrides config.init_params when set ("none": random)
-    norm_stats_path: Path | None  # openpi norm_stats.json; None computes it from the dataset
+    norm_stats_path: epath.PathLike | None  # openpi norm_stats.json (local or gs://); None computes it from the dataset
     augment: bool = True
 
     kind = "policy"
@@ -119,15 +120,15 @@ class PolicyTask:
                                      c.weight_decay, c.clip_gradient_norm)  # fmt: skip
 
     def build_model(self) -> nnx.Module:
-        """pi0.5 with openpi params loaded from an SFT/base `params/` dir or one of our runs."""
+        """pi0.5 with openpi params from an SFT/base `params/` dir or one of our runs or steps (local or gs://)."""
         model = self.config.model.create(nnx.Rngs(jax.random.key(self.config.seed)))
         source = self.init if self.init is not None else self.config.init_params
         if source is None or source == "none":
             return model
-        path = Path(source)
-        if path.exists() and (checkpoints.is_run_dir(path) or (path / checkpoints.PARAMS_ITEM).is_dir()):
+        path = epath.Path(source)
+        if checkpoints.is_run_dir(path) or (path / checkpoints.PARAMS_ITEM).is_dir():
             source = str(checkpoints.params_dir(checkpoints.resolve(path)))
-        weights.load_into(model, source)
+        weights.load_into(model, source)  # anything else is an openpi params/ dir, as given
         return model
 
     def trainable(self) -> nnx.filterlib.Filter:

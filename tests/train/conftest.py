@@ -2,11 +2,12 @@
 
 Values are chosen so a test can tell which frame it got: state[t, d] = 100*episode + t + d/100,
 action = state + 0.5; adv_ind cycles positive/negative/none with t + episode; frames are smooth
-gradients that differ by episode, camera and frame.
+gradients that differ by episode, camera and frame. Also a gs:// bucket on a local GCS emulator.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 
 from recap_ray.data import features as feats
 from recap_ray.data import recap_columns, writer
+from tests.train import gcs_emulator
 
 LENGTHS = (7, 5, 9, 3)  # 24 frames; the last episode is shorter than any test action horizon
 HEIGHT, WIDTH = 24, 32
@@ -64,3 +66,16 @@ def make_train_dataset(root: Path, version: str = "v3.0") -> Path:
 def train_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Root of a v3.0 dataset: 4 episodes (7, 5, 9, 3 frames), 3 cameras 24x32, RECAP columns."""
     return make_train_dataset(tmp_path_factory.mktemp("train") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def gcs_env() -> Iterator[dict[str, str]]:
+    """A GCS emulator for the test module; yields the environment other processes (Ray workers) need to reach it."""
+    with gcs_emulator.serve() as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+def gcs_bucket(gcs_env: dict[str, str]) -> str:
+    """gs://BUCKET on the module's GCS emulator."""
+    return f"gs://{gcs_emulator.BUCKET}"

@@ -6,12 +6,8 @@ training is refused before any work, as orbax cannot save arrays to S3."""
 from __future__ import annotations
 
 import dataclasses
-import socket
-from collections.abc import Callable, Iterator
-from http import HTTPStatus
-from typing import Any
+from collections.abc import Iterator
 
-import fsspec
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -23,63 +19,9 @@ from recap_ray import tracker
 from recap_ray.data import norm_stats, versions
 from recap_ray.models import checkpoints, tokenizer
 from recap_ray.train import checkpointing, loop, run_record
+from tests.train import gcs_emulator
 
-BUCKET = "recap-runs"
-
-
-def _with_generation(handler: Callable[..., Any]) -> Callable[..., Any]:
-    """The emulator's object GET plus what GCS always does and TensorStore's reads rely on: the
-    `x-goog-generation` header, and 304 for `ifGenerationNotMatch` of the current generation."""
-    from gcp_storage_emulator.exceptions import NotFound
-
-    def get(request: Any, response: Any, storage: Any, *args: Any, **kwargs: Any) -> None:
-        try:
-            obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
-        except NotFound:
-            return handler(request, response, storage, *args, **kwargs)
-        if request.query.get("ifGenerationNotMatch", [None])[0] == obj["generation"]:
-            response.status = HTTPStatus.NOT_MODIFIED
-            return None
-        handler(request, response, storage, *args, **kwargs)
-        response["x-goog-generation"], response["x-goog-metageneration"] = obj["generation"], obj["metageneration"]
-        return None
-
-    return get
-
-
-@pytest.fixture(scope="module")
-def gcs_bucket() -> Iterator[str]:
-    """gs://BUCKET on an in-memory GCS emulator that every client in this process talks to.
-
-    Two gaps of the stand-ins are closed while the bucket lives: the emulator's object reads get
-    GCS's generation headers (`_with_generation`), and gs:// maps to gcsfs's plain JSON-API class
-    (its default class first asks the Storage Control API, over gRPC, whether the bucket is zonal).
-    """
-    from gcp_storage_emulator import server as emulator
-    from gcp_storage_emulator.handlers import objects
-    from gcsfs.core import GCSFileSystem
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    protocols = {name: fsspec.get_filesystem_class(name) for name in ("gs", "gcs")}
-    with pytest.MonkeyPatch.context() as mp:
-        for _, handlers in emulator.HANDLERS:
-            if handlers.get("GET") in (objects.get, objects.download):
-                mp.setitem(handlers, "GET", _with_generation(handlers["GET"]))
-        for name in protocols:
-            fsspec.register_implementation(name, GCSFileSystem, clobber=True)
-        mp.setenv("STORAGE_EMULATOR_HOST", url)  # gcsfs (epath)
-        mp.setitem(fsspec.config.conf.setdefault("gs", {}), "token", "anon")  # gcsfs: no credential search
-        mp.setenv("TENSORSTORE_GCS_HTTP_URL", url)  # TensorStore (orbax's arrays)
-        mp.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")  # TensorStore: no credential search
-        yield f"gs://{BUCKET}"
-    for name, cls in protocols.items():
-        fsspec.register_implementation(name, cls, clobber=True)
-    server.stop()
+BUCKET = gcs_emulator.BUCKET
 
 
 @pytest.fixture(scope="module")
