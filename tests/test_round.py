@@ -90,8 +90,21 @@ class _FakeStages:
         self.calls: list[tuple] = []
         self.fail = fail
         self.tmp = tmp_path
-        for name in ("data_stage", "targets_stage", "train_stage", "relabel_stage", "collect_stage", "evaluate_stage"):
-            monkeypatch.setattr(round_job, name, getattr(self, name))
+        monkeypatch.setattr(round_job, "train_stage", self.train_stage)
+        for stage, name, key, output in (("data_stage", "data", "dataset", "data"), ("collect_stage", "collect", "dataset", "collected"),
+                                         ("targets_stage", "targets", "dataset", "targets"),
+                                         ("relabel_stage", "relabel", "dataset", "relabeled"),
+                                         ("evaluate_stage", "evaluate", "evaluation", "evaluation")):  # fmt: skip
+            monkeypatch.setattr(round_job, stage, self._stage(name, key, output))
+
+    def _stage(self, name: str, key: str, output: str):
+        """A stage body `(rc, *inputs, out)` that records (name, *inputs) and reports `output` under `key`."""
+
+        def body(rc, *args):
+            self.calls.append((name, *args[:-1]))
+            return {"outputs": {key: self._dir(output)}}
+
+        return body
 
     def _dir(self, name: str) -> str:
         if name == self.fail:
@@ -100,30 +113,10 @@ class _FakeStages:
         path.mkdir(parents=True, exist_ok=True)
         return str(path)
 
-    def data_stage(self, rc, out):
-        self.calls.append(("data",))
-        return {"outputs": {"dataset": self._dir("data")}}
-
-    def collect_stage(self, rc, dataset, policy, out):
-        self.calls.append(("collect", dataset, policy))
-        return {"outputs": {"dataset": self._dir("collected")}}
-
-    def targets_stage(self, rc, dataset, out):
-        self.calls.append(("targets", dataset))
-        return {"outputs": {"dataset": self._dir("targets")}}
-
     def train_stage(self, kind, rc, dataset, run_dir, init, steps=None, config_name=None):
         name = run_dir.name
         self.calls.append((name, dataset, init, steps, config_name or (rc.value_config if kind == "value" else rc.policy_config)))
         return {"outputs": {"run_dir": self._dir(name)}, "checkpoints": [1]}
-
-    def relabel_stage(self, rc, dataset, value_run, out):
-        self.calls.append(("relabel", dataset, value_run))
-        return {"outputs": {"dataset": self._dir("relabeled")}}
-
-    def evaluate_stage(self, rc, policies, out):
-        self.calls.append(("evaluate", policies))
-        return {"outputs": {"evaluation": self._dir("evaluation")}}
 
 
 def test_simulated_round_wires_each_stage_to_the_last_ones_outputs(tmp_path, monkeypatch):
