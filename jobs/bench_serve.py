@@ -9,6 +9,11 @@ c in `--clients`. Served: the Serve application on a local Ray (`jobs.serve.star
 client for p50/p99 of the round trip, then c concurrent clients (threads, one connection each) for
 chunks/s. Without `--checkpoint`, random weights (bf16) are written as a checkpoint to a temporary
 directory with unit norm stats and the given tokenizer. Prints JSON.
+
+Where the served time goes, at batch 1 (medians): `model_p50_ms` is the jitted call alone (both
+sides); the in-process p50 adds preprocessing; the served `handle_p50_ms` is the ingress's wait on the
+model deployment (adds batching and the ingress <-> model transport); the served p50 adds the proxy,
+the websocket and the msgpack codec on both ends.
 """
 
 from __future__ import annotations
@@ -108,7 +113,10 @@ def in_process(bench: BenchConfig, checkpoint: Path, obs: dict[str, Any]) -> dic
                                options=policy.PolicyOptions(max_batch_size=bench.max_batch_size,
                                                             num_steps=bench.num_steps))  # fmt: skip
     local.warmup()
-    result: dict[str, Any] = {"batch1": _percentiles(_timed(lambda: local.infer(obs), bench.requests))}
+    model_s: list[float] = []
+    result: dict[str, Any] = {"batch1": _percentiles(_timed(
+        lambda: model_s.append(local.infer(obs)["policy_timing"]["infer_ms"] / 1000), bench.requests))}  # fmt: skip
+    result["batch1"]["model_p50_ms"] = _percentiles(model_s)["p50_ms"]
     for c in bench.clients:
         seconds = sum(_timed(lambda c=c: local.infer_batch([obs] * c), bench.requests_per_client))
         result[f"chunks_per_s_c{c}"] = c * bench.requests_per_client / seconds
@@ -116,11 +124,11 @@ def in_process(bench: BenchConfig, checkpoint: Path, obs: dict[str, Any]) -> dic
     return result
 
 
-def _clients(uri: str, n: int, requests: int, obs: dict[str, Any]) -> tuple[float, list[float], list[int]]:
-    """n concurrent sessions, `requests` each: (wall seconds, per-request seconds, batch sizes)."""
+def _clients(uri: str, n: int, requests: int, obs: dict[str, Any]) -> tuple[float, list[float], list[dict[str, Any]]]:
+    """n concurrent sessions, `requests` each: (wall seconds, per-request seconds, replies without actions)."""
     ready = threading.Barrier(n + 1)
     times: list[float] = []
-    sizes: list[int] = []
+    replies: list[dict[str, Any]] = []
     errors: list[BaseException] = []
 
     def robot() -> None:
@@ -132,7 +140,7 @@ def _clients(uri: str, n: int, requests: int, obs: dict[str, Any]) -> tuple[floa
                     start = time.perf_counter()
                     reply = client.infer(obs)
                     times.append(time.perf_counter() - start)
-                    sizes.append(int(reply["policy_timing"]["batch_size"]))
+                    replies.append({k: v for k, v in reply.items() if k != "actions"})
         except BaseException as err:  # noqa: BLE001 - re-raised in the caller
             errors.append(err)
             ready.abort()
@@ -146,7 +154,14 @@ def _clients(uri: str, n: int, requests: int, obs: dict[str, Any]) -> tuple[floa
         t.join()
     if errors:
         raise errors[0]
-    return time.perf_counter() - start, times, sizes
+    return time.perf_counter() - start, times, replies
+
+
+def _hops(replies: list[dict[str, Any]]) -> dict[str, float]:
+    """Medians of the times the replies carry: the ingress's wait on the model handle (`server_timing`),
+    and the model call alone (`policy_timing`; preprocessing, batching and transport are the difference)."""
+    return {"handle_p50_ms": float(np.median([r["server_timing"]["infer_ms"] for r in replies])),
+            "model_p50_ms": float(np.median([r["policy_timing"]["infer_ms"] for r in replies]))}  # fmt: skip
 
 
 def served(bench: BenchConfig, checkpoint: Path, obs: dict[str, Any], num_gpus: float) -> dict[str, Any]:
@@ -162,10 +177,11 @@ def served(bench: BenchConfig, checkpoint: Path, obs: dict[str, Any], num_gpus: 
                                max_sessions_per_ingress=max(bench.clients) + 8)  # fmt: skip
     uri, _ = serve_job.start(serve_job.Config(app=app, host="127.0.0.1", port=bench.port))
     try:
-        _, times, _ = _clients(uri, 1, bench.requests, obs)
-        result: dict[str, Any] = {"batch1": _percentiles(times)}
+        _, times, replies = _clients(uri, 1, bench.requests, obs)
+        result: dict[str, Any] = {"batch1": {**_percentiles(times), **_hops(replies)}}
         for c in bench.clients:
-            wall, times, sizes = _clients(uri, c, bench.requests_per_client, obs)
+            wall, times, replies = _clients(uri, c, bench.requests_per_client, obs)
+            sizes = [r["policy_timing"]["batch_size"] for r in replies]
             result[f"chunks_per_s_c{c}"] = c * bench.requests_per_client / wall
             result[f"p50_ms_c{c}"] = _percentiles(times)["p50_ms"]
             result[f"mean_batch_c{c}"] = float(np.mean(sizes))
