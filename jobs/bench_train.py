@@ -3,6 +3,7 @@
     python -m jobs.bench_train                                   # real size, on the GPUs of this host
     python -m jobs.bench_train --value-config value_tiny --policy-configs pi06_tiny \\
         --value-batches 4 --policy-batches 4 --iters 3           # smoke run on CPU
+    python -m jobs.bench_train --value-config None --policy-remat nothing_saveable dots_with_no_batch_dims_saveable none
 
 What is timed is exactly the trainers' step (`recap_ray.train.step.make_step` with each task's
 optimizer, loss, trainable filter and EMA, jitted with the FSDP shardings of `train.sharding`), on
@@ -15,6 +16,11 @@ FLOPs: `model_tflops` counts 3x the forward pass's matrix multiplications and co
 forward); it overstates the useful work of runs with frozen weights (the value model's backbones,
 LoRA), which need no weight gradients there. (XLA's own cost analysis is not used: on GPU it misses the work inside
 cuBLAS/cuDNN calls.)
+
+Rematerialisation: each policy case runs once per `--policy-remat` policy (openpi's
+nothing_saveable recomputes every layer's forward in the backward pass; the dots policies keep the
+matrix products, trading activation memory for step time). A case that does not fit the device is
+reported as out of memory and the run goes on.
 
 Scaling: for each device count n in `devices`, the mesh is the first n devices (all FSDP) and the
 global batch is the per-device batch times n (weak scaling); efficiency = examples/s at n over
@@ -38,6 +44,7 @@ import tyro
 from flax import nnx
 
 from recap_ray.configs import registry
+from recap_ray.models import stack
 from recap_ray.train import optim, sharding, state as state_lib, step as step_lib, tasks
 
 
@@ -50,6 +57,7 @@ class BenchConfig:
     policy_configs: tuple[str, ...] = ("pi06_yam_vial_30fps_from_sft_recap", "pi06_yam_vial_30fps_lora_from_sft_recap")
     value_batches: tuple[int, ...] = (4, 32)  # per-device batches; 4 is pistar's reference (0.2 s/step)
     policy_batches: tuple[int, ...] = (32,)  # per-device batches
+    policy_remat: tuple[str, ...] = ("nothing_saveable",)  # each policy case once per remat policy (stack.REMAT_POLICIES)
     devices: tuple[int, ...] = ()  # device counts for the scaling rows; () = 1 and all (if more than 1)
     iters: int = 10  # timed steps per case
     warmup: int = 2  # untimed steps after compiling
@@ -92,9 +100,10 @@ def value_case(name: str) -> Case:
     return Case(name, task, lambda: config.create(config.seed), batch)
 
 
-def policy_case(name: str) -> Case:
+def policy_case(name: str, remat: str) -> Case:
     config = registry.get(name)
-    model_config = config.model
+    model_config = dataclasses.replace(config.model, remat=stack.check_remat(remat))
+    config = dataclasses.replace(config, model=model_config)
     task = tasks.PolicyTask(config, tokenizer_path=Path("unused"), init="none", norm_stats_path=None)
 
     def batch(rng: np.random.Generator, b: int) -> dict[str, Any]:
@@ -109,7 +118,7 @@ def policy_case(name: str) -> Case:
             "actions": rng.standard_normal(actions.shape).astype(np.float32),
         }
 
-    return Case(name, task, lambda: model_config.create(nnx.Rngs(jax.random.key(config.seed))), batch)
+    return Case(f"{name} remat={remat}", task, lambda: model_config.create(nnx.Rngs(jax.random.key(config.seed))), batch)
 
 
 def _sub_jaxprs(params: dict[str, Any]) -> list[Any]:
@@ -220,20 +229,28 @@ def main(bench: BenchConfig) -> list[dict[str, Any]]:
     plan: list[tuple[Case, tuple[int, ...]]] = []
     if bench.value_config:
         plan.append((value_case(bench.value_config), bench.value_batches))
-    plan += [(policy_case(name), bench.policy_batches) for name in bench.policy_configs]
-    header = f"{'case':42} {'dev':>3} {'batch':>5} {'step s':>8} {'ex/s':>8} {'MFU':>6} {'scale':>6}"
+    plan += [(policy_case(name, remat), bench.policy_batches) for name in bench.policy_configs for remat in bench.policy_remat]
+    header = f"{'case':70} {'dev':>3} {'batch':>5} {'step s':>8} {'ex/s':>8} {'MFU':>6} {'scale':>6}"
     print(header, flush=True)  # noqa: T201
     rows = []
     for case, per_device_batches in plan:
         for b in per_device_batches:
             base = None
             for n in counts:
-                r = measure(case, b, n, bench)
-                base = base or r["examples_per_s"] / n
-                r["scaling_efficiency"] = r["examples_per_s"] / (n * base)
+                try:
+                    r = measure(case, b, n, bench)
+                except jax.errors.JaxRuntimeError as err:  # one case too big for the device: say so, go on
+                    if "RESOURCE_EXHAUSTED" not in str(err):
+                        raise
+                    r = {"case": case.name, "devices": n, "global_batch": b * n, "error": "out of device memory"}
+                    jax.clear_caches()
+                    print(f"{r['case']:70} {n:3d} {b * n:5d} {r['error']}", flush=True)  # noqa: T201
+                else:
+                    base = base or r["examples_per_s"] / n
+                    r["scaling_efficiency"] = r["examples_per_s"] / (n * base)
+                    print(f"{r['case']:70} {r['devices']:3d} {r['global_batch']:5d} {r['step_s']:8.4f} {r['examples_per_s']:8.1f} "  # noqa: T201
+                          f"{r['mfu']:6.3f} {r['scaling_efficiency']:6.2f}", flush=True)  # fmt: skip
                 rows.append(r)
-                print(f"{r['case']:42} {r['devices']:3d} {r['global_batch']:5d} {r['step_s']:8.4f} {r['examples_per_s']:8.1f} "  # noqa: T201
-                      f"{r['mfu']:6.3f} {r['scaling_efficiency']:6.2f}", flush=True)  # fmt: skip
                 if bench.out:  # written after every row, so a cut-short run keeps what it measured
                     bench.out.write_text(json.dumps(rows, indent=2))
     return rows

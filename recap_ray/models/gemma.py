@@ -226,11 +226,14 @@ class Gemma(nnx.Module):
         vocab_size: int = PALIGEMMA_VOCAB_SIZE,
         dtype: str = "bfloat16",
         param_dtype: str = "float32",
+        remat: str = "nothing_saveable",
         rngs: nnx.Rngs,
     ):
+        """`remat`: what each layer keeps for the backward pass (stack.REMAT_POLICIES)."""
         if len({c.depth for c in configs}) != 1 or len({(c.num_heads, c.num_kv_heads, c.head_dim) for c in configs}) != 1:
             raise ValueError(f"gemma experts must share depth, heads, kv heads and head_dim: {configs}")
         self.configs, self.adarms, self.dtype = tuple(configs), tuple(adarms), jnp.dtype(dtype)
+        self.remat = stack.check_remat(remat)
         self.embedder = Embedder(vocab_size, configs[0].width, param_dtype=param_dtype, rngs=rngs)
         self.layers = stack.create(
             lambda r: Block(configs, adarms, dtype=dtype, param_dtype=param_dtype, rngs=r), configs[0].depth, rngs
@@ -264,7 +267,7 @@ class Gemma(nnx.Module):
         def body(block: Block, carry: list, cache: KVCache | None) -> tuple[list, KVCache]:
             return block(carry, cache, positions, mask, conds)
 
-        xs, kv = stack.scan(self.layers, body, xs, kv_cache)
+        xs, kv = stack.scan(self.layers, body, xs, kv_cache, remat=self.remat)
         outs = [
             None if x is None else getattr(self, _name("final_norm", i))(x, conds[i])[0] for i, x in enumerate(xs)
         ]

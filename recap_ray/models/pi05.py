@@ -58,7 +58,7 @@ class Pi05(nnx.Module):
         pg, ae = config.paligemma, config.action_expert
         img = siglip.Siglip(config.siglip, rngs=rngs)
         llm = gemma.Gemma([pg, ae], [False, True], vocab_size=config.vocab_size, dtype=config.dtype,
-                          param_dtype=config.param_dtype, rngs=rngs)  # fmt: skip
+                          param_dtype=config.param_dtype, remat=config.remat, rngs=rngs)  # fmt: skip
         self.PaliGemma = PaliGemma(img, llm)
         kw = {"param_dtype": jnp.dtype(config.param_dtype), "rngs": rngs}
         self.action_in_proj = nnx.Linear(config.action_dim, ae.width, **kw)

@@ -34,6 +34,7 @@ class Pi05Config:
     pistar: bool = True  # pistar loss weighting w(t) = 0.5 exp(-0.5 (1 - t)); adv_ind in the prompt
     discrete_state_input: bool = True  # state enters as discretised prompt text (transform side)
     image_keys: tuple[str, ...] = IMAGE_KEYS  # prefix camera order
+    remat: str = "nothing_saveable"  # what each SigLIP / Gemma layer keeps for backward (stack.REMAT_POLICIES)
 
     @property
     def paligemma(self) -> gemma.GemmaConfig:
@@ -46,7 +47,7 @@ class Pi05Config:
     @property
     def siglip(self) -> siglip.SiglipConfig:
         kw = {"num_classes": self.paligemma.width, "image_size": self.image_size, "dtype": self.dtype,
-              "param_dtype": self.param_dtype}  # fmt: skip
+              "param_dtype": self.param_dtype, "remat": self.remat}  # fmt: skip
         if self.siglip_variant == "So400m/14":
             return siglip.SiglipConfig.so400m(**kw)
         if self.siglip_variant == "small":

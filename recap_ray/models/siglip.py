@@ -34,6 +34,7 @@ class SiglipConfig:
     num_classes: int | None = None  # output width of the linear `head`; None: no head
     dtype: str = "bfloat16"  # compute dtype after the patch/pos embedding
     param_dtype: str = "float32"  # dtype parameters are created in
+    remat: str = "nothing_saveable"  # what each block keeps for the backward pass (stack.REMAT_POLICIES)
 
     @property
     def head_dim(self) -> int:
@@ -158,10 +159,11 @@ class Encoder(nnx.Module):
 
     def __init__(self, config: SiglipConfig, *, rngs: nnx.Rngs):
         self.encoderblock = stack.create(lambda r: Encoder1DBlock(config, rngs=r), config.depth, rngs)
+        self.remat = stack.check_remat(config.remat)
         self.encoder_norm = LayerNorm(config.width, param_dtype=config.param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
-        x, _ = stack.scan(self.encoderblock, lambda block, h, _: (block(h, dtype), None), x)
+        x, _ = stack.scan(self.encoderblock, lambda block, h, _: (block(h, dtype), None), x, remat=self.remat)
         return self.encoder_norm(x, dtype)
 
 

@@ -15,6 +15,18 @@ from flax import nnx
 
 M = TypeVar("M", bound=nnx.Module)
 
+# What each layer keeps for the backward pass (names of `jax.checkpoint_policies`, or "none": keep
+# everything, no recomputation). openpi: nothing_saveable (least memory, the forward runs twice).
+# The dots policies keep matrix-product outputs: less recomputation for more activation memory.
+REMAT_POLICIES = ("nothing_saveable", "dots_with_no_batch_dims_saveable", "dots_saveable", "none")
+
+
+def check_remat(policy: str) -> str:
+    """`policy` if it is one of REMAT_POLICIES, else ValueError naming the known ones."""
+    if policy not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {policy!r}; known: {', '.join(REMAT_POLICIES)}")
+    return policy
+
 
 def create(factory: Callable[[nnx.Rngs], M], depth: int, rngs: nnx.Rngs) -> M:
     """Build `depth` independently initialised copies of `factory`'s module, stacked on axis 0."""
@@ -30,12 +42,13 @@ def scan(
     carry: Any,
     xs: Any = None,
     *,
-    remat: bool = True,
+    remat: str = "nothing_saveable",
 ) -> tuple[Any, Any]:
     """Run `body(layer, carry, x) -> (carry, y)` over the stack; returns (carry, stacked ys).
 
-    With `remat`, each layer's activations are recomputed in the backward pass (openpi's
-    `nothing_saveable` policy); it changes nothing without differentiation.
+    `remat` (one of REMAT_POLICIES) says which of each layer's activations the backward pass keeps
+    and which it recomputes; it changes no value, only memory and time, and nothing without
+    differentiation.
     """
     graphdef, state = nnx.split(stacked)
 
@@ -43,8 +56,8 @@ def scan(
         layer_state, x = inputs
         return body(nnx.merge(graphdef, layer_state), c, x)
 
-    if remat:
-        step = jax.checkpoint(step, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)
+    if check_remat(remat) != "none":
+        step = jax.checkpoint(step, prevent_cse=False, policy=getattr(jax.checkpoint_policies, remat))
     return jax.lax.scan(step, carry, (state, xs))
 
 

@@ -137,3 +137,40 @@ def test_bf16_tiny_runs_and_real_config_facts():
     assert prefix.dtype == jnp.bfloat16
     assert policy.PI06_YAM.model.prefix_len + policy.PI06_YAM.model.action_horizon == 1021
     assert isinstance(m, pi05.Pi05) and isinstance(config, pi05_config.Pi05Config)
+
+
+def _remat_policies(jaxpr) -> list:
+    """The `policy` of every rematerialised call in `jaxpr` and the jaxprs nested in it."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name.startswith("remat"):  # jax.checkpoint's primitive (remat2 in JAX 0.10)
+            found.append(eqn.params["policy"])
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
+                if hasattr(sub, "eqns") or hasattr(sub, "jaxpr"):
+                    found += _remat_policies(getattr(sub, "jaxpr", sub))
+    return found
+
+
+def test_remat_policy_reaches_both_stacks_and_changes_no_gradient(model):
+    rng = np.random.default_rng(3)
+    actions = jnp.asarray(rng.standard_normal((B, CONFIG.action_horizon, CONFIG.action_dim)), jnp.float32)
+    noise = jnp.asarray(rng.standard_normal(actions.shape), jnp.float32)
+    t = jnp.asarray([0.3, 0.8], jnp.float32)
+    params = nnx.state(model, nnx.Param)
+    grads = {}
+    for remat in ("nothing_saveable", "dots_with_no_batch_dims_saveable", "none"):
+        graphdef = nnx.graphdef(dataclasses.replace(CONFIG, remat=remat).create(_rngs(0)))
+
+        def loss(p, graphdef=graphdef):
+            return nnx.merge(graphdef, p).loss(_obs(), actions, noise, t).mean()
+
+        jaxpr = jax.make_jaxpr(loss)(params).jaxpr
+        calls = len(CONFIG.image_keys) + 1  # SigLIP once per camera, the Gemma stack once
+        want = [] if remat == "none" else [getattr(jax.checkpoint_policies, remat)] * calls
+        assert _remat_policies(jaxpr) == want, remat
+        grads[remat] = jax.jit(jax.grad(loss))(params)
+    for remat in ("dots_with_no_batch_dims_saveable", "none"):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads[remat], grads["nothing_saveable"])
+    with pytest.raises(ValueError, match="unknown remat policy 'dots'.*nothing_saveable"):
+        dataclasses.replace(CONFIG, remat="dots").create(_rngs(0))
