@@ -147,11 +147,11 @@ def train_stage(kind: str, rc: RoundConfig, dataset: str, run_dir: Path, init: s
     common = dict(dataset=Path(dataset), run_dir=str(run_dir), num_workers=rc.num_workers, gpus_per_worker=rc.gpus_per_worker,
                   batch_size=rc.batch_size, init=init)  # fmt: skip
     if kind == "value":
-        config = training.Config(config=rc.value_config, tokenizer=Path(rc.value_tokenizer) if rc.value_tokenizer else None,
+        config = training.Config(config=rc.value_config, tokenizer=rc.value_tokenizer,
                                  num_steps=steps or rc.value_steps, **common)  # fmt: skip
         record = train_value.main(config)
     else:
-        config = train_policy.Config(config=config_name or rc.policy_config, tokenizer=Path(rc.tokenizer) if rc.tokenizer else None,
+        config = train_policy.Config(config=config_name or rc.policy_config, tokenizer=rc.tokenizer,
                                      num_steps=steps or rc.policy_steps, **common)  # fmt: skip
         record = train_policy.main(config)
     return {"outputs": {"run_dir": str(run_dir)}, "checkpoints": record["checkpoints"], "metrics": record.get("metrics", {})}

@@ -26,8 +26,8 @@ class Config:
     """Registry name of the config (value: value, value_tiny; policy: pi06_*)."""
     run_dir: str
     """Run directory: run.json, checkpoints/, tensorboard/ (a local path or gs://bucket/path)."""
-    tokenizer: Path | None = None
-    """sentencepiece model (default: $RECAP_TOKENIZER); copied into every checkpoint's assets."""
+    tokenizer: str | None = None
+    """sentencepiece model, a local path or gs://... (default: $RECAP_TOKENIZER); copied into every checkpoint's assets."""
     num_workers: int = 1
     """Worker processes, one per host (the most when elastic)."""
     min_workers: int | None = None
@@ -62,11 +62,13 @@ class Config:
     """Decode threads per worker."""
 
 
-def resolve_tokenizer(path: Path | None) -> Path:
-    path = path or (Path(os.environ["RECAP_TOKENIZER"]) if os.environ.get("RECAP_TOKENIZER") else None)
-    if path is None or not path.is_file():
+def resolve_tokenizer(path: str | None) -> str:
+    """The tokenizer to train with (--tokenizer, else $RECAP_TOKENIZER), checked to exist: a local path or a
+    bucket URI, which every worker reads itself (a local path must be on every host)."""
+    path = path or os.environ.get("RECAP_TOKENIZER") or None
+    if path is None or not epath.Path(path).is_file():
         raise FileNotFoundError(f"tokenizer {path}: pass --tokenizer or set $RECAP_TOKENIZER to a sentencepiece .model file")
-    return path
+    return str(path)
 
 
 def prepare_run_dir(config: Config, kind: str, fingerprint: str) -> None:
@@ -97,7 +99,7 @@ def prepare_run_dir(config: Config, kind: str, fingerprint: str) -> None:
 def make_job(config: Config, kind: str, fingerprint: str, **extra: Any) -> loop.TrainJob:
     return loop.TrainJob(
         kind=kind, config=config.config, dataset=str(config.dataset), run_dir=str(config.run_dir),
-        tokenizer=str(resolve_tokenizer(config.tokenizer)), session=uuid.uuid4().hex[:12], dataset_fingerprint=fingerprint,
+        tokenizer=resolve_tokenizer(config.tokenizer), session=uuid.uuid4().hex[:12], dataset_fingerprint=fingerprint,
         num_steps=config.num_steps, batch_size=config.batch_size, save_interval=config.save_interval,
         log_interval=config.log_interval, init=config.init, fsdp_devices=config.fsdp_devices,
         grad_accum=config.grad_accum, keep_checkpoints=config.keep_checkpoints, loader_threads=config.loader_threads,

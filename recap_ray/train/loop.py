@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -71,9 +70,9 @@ class Preempted(RuntimeError):
 def make_task(job: TrainJob) -> tasks.Task:
     config = registry.get(job.config)
     if job.kind == "value":
-        return tasks.ValueTask(config, Path(job.tokenizer), job.init)
+        return tasks.ValueTask(config, epath.Path(job.tokenizer), job.init)
     if job.kind == "policy":
-        return tasks.PolicyTask(config, Path(job.tokenizer), job.init, job.norm_stats, job.augment)
+        return tasks.PolicyTask(config, epath.Path(job.tokenizer), job.init, job.norm_stats, job.augment)
     raise ValueError(f"TrainJob.kind must be 'value' or 'policy', got {job.kind!r}")
 
 

@@ -35,7 +35,7 @@ class ValueTask:
     """pistar's value-model training: C51 on value_label, heads trainable by default, EMA 0.99."""
 
     config: ValueModelConfig
-    tokenizer_path: Path
+    tokenizer_path: epath.Path
     init: str | None  # overrides config.init_weights when set
 
     kind = "value"
@@ -102,7 +102,7 @@ class PolicyTask:
     """pi0.6 fine-tuning: flow matching, adv_ind in the prompt with dropout, openpi's params/ out."""
 
     config: policy_configs.PolicyConfig
-    tokenizer_path: Path
+    tokenizer_path: epath.Path
     init: str | None  # overrides config.init_params when set ("none": random)
     norm_stats_path: epath.PathLike | None  # openpi norm_stats.json (local or gs://); None computes it from the dataset
     augment: bool = True

@@ -1,6 +1,6 @@
 """Run directories in buckets, on local stand-ins: a value run on gs:// (gcp-storage-emulator, reached
-by gcsfs and TensorStore) writes run.json, checkpoints and TensorBoard events there and resumes from
-them; on s3:// (moto's server, reached by s3fs) run.json, TensorBoard and checkpoint listing work and
+by gcsfs and TensorStore), its tokenizer read from the bucket, writes run.json, checkpoints and
+TensorBoard events there and resumes from them; on s3:// (moto's server, reached by s3fs) run.json, TensorBoard and checkpoint listing work and
 training is refused before any work, as orbax cannot save arrays to S3."""
 
 from __future__ import annotations
@@ -51,11 +51,15 @@ def _events(run_dir: str) -> bytes:
 
 def test_value_run_in_gcs_bucket_resumes(gcs_bucket, train_dataset, sentencepiece_model):
     run_dir = f"{gcs_bucket}/runs/value"
-    config = training.Config(dataset=train_dataset, config="value_tiny", run_dir=run_dir, tokenizer=sentencepiece_model)
+    bucket_tokenizer = f"{gcs_bucket}/assets/tokenizer.model"  # --tokenizer gs://...: each worker reads the bucket
+    epath.Path(bucket_tokenizer).write_bytes(sentencepiece_model.read_bytes())
+    with pytest.raises(FileNotFoundError, match=f"tokenizer {gcs_bucket}/assets/missing.model: pass --tokenizer"):
+        training.resolve_tokenizer(f"{gcs_bucket}/assets/missing.model")
+    config = training.Config(dataset=train_dataset, config="value_tiny", run_dir=run_dir, tokenizer=bucket_tokenizer)
     fingerprint = versions.fingerprint(train_dataset)
     training.prepare_run_dir(config, "value", fingerprint)  # nothing there yet: a new run
     job = loop.TrainJob(kind="value", config="value_tiny", dataset=str(train_dataset), run_dir=run_dir,
-                        tokenizer=str(sentencepiece_model), session="s1", dataset_fingerprint=fingerprint,
+                        tokenizer=training.resolve_tokenizer(config.tokenizer), session="s1", dataset_fingerprint=fingerprint,
                         num_steps=1, save_interval=1, batch_size=4, log_interval=1, loader_threads=1, prefetch=2,
                         async_save=False)  # fmt: skip
     loop.train(job)
