@@ -144,10 +144,13 @@ def app(config: app_config.AppConfig) -> serve.Application:
         autoscaling_config=config.model_autoscaling.as_dict(),
         max_ongoing_requests=config.model_max_ongoing_requests,
     ).bind(config)
+    # Direct ingress: each ingress replica listens on the node's one port of the range (jobs.serve.direct_ingress_env).
+    placement = {"max_replicas_per_node": 1} if config.direct_ingress else {}
     ingress = Ingress.options(
         ray_actor_options={"num_cpus": config.ingress_num_cpus},
         autoscaling_config=config.ingress_autoscaling.as_dict(),
         max_ongoing_requests=config.max_sessions_per_ingress,
+        **placement,
     )
     return ingress.bind(model, config)
 

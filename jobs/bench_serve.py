@@ -5,15 +5,16 @@
     python -m jobs.bench_serve --config pi06_tiny_infer --tokenizer T.model --num-gpus 0 --num-steps 200 --clients 1  # CPU ratio
 
 In-process: `Policy.infer` (batch 1) p50/p99, and `Policy.infer_batch` of c observations for each
-c in `--clients`. Served: the Serve application on a local Ray (`jobs.serve.start`), one websocket
+c in `--clients`. Served, for each `--ingress` mode (behind Serve's proxy; `direct`: the ingress
+replica takes connections itself), each on a local Ray of its own (`jobs.serve.start`): one websocket
 client for p50/p99 of the round trip, then c concurrent clients (threads, one connection each) for
 chunks/s. Without `--checkpoint`, random weights (bf16) are written as a checkpoint to a temporary
 directory with unit norm stats and the given tokenizer. Prints JSON.
 
 Where the served time goes, at batch 1 (medians): `model_p50_ms` is the jitted call alone (both
 sides); the in-process p50 adds preprocessing; the served `handle_p50_ms` is the ingress's wait on the
-model deployment (adds batching and the ingress <-> model transport); the served p50 adds the proxy,
-the websocket and the msgpack codec on both ends.
+model deployment (adds batching and the ingress <-> model transport); the served p50 adds the proxy
+(not with direct ingress), the websocket and the msgpack codec on both ends.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -69,6 +70,8 @@ class BenchConfig:
     """Local port of the endpoint."""
     image_side: int = 224
     """Side of the three square uint8 CHW cameras sent."""
+    ingress: tuple[Literal["proxy", "direct"], ...] = ("proxy", "direct")
+    """Served through Serve's proxy, and/or with the ingress replica taking connections itself (--direct-ingress)."""
     num_steps: int = 10
     """Euler steps per chunk on both sides; more steps make a longer model call (on CPU, ~200 give the tiny
     model a chunk time like pi0.6's on an H200, so the served/in-process ratio means the same thing)."""
@@ -164,8 +167,10 @@ def _hops(replies: list[dict[str, Any]]) -> dict[str, float]:
             "model_p50_ms": float(np.median([r["policy_timing"]["infer_ms"] for r in replies]))}  # fmt: skip
 
 
-def served(bench: BenchConfig, checkpoint: Path, obs: dict[str, Any], num_gpus: float) -> dict[str, Any]:
-    """Latency and throughput through the Serve application over websockets."""
+def served(bench: BenchConfig, checkpoint: Path, obs: dict[str, Any], num_gpus: float, direct: bool) -> dict[str, Any]:
+    """Latency and throughput through the Serve application over websockets, on a local Ray of its own
+    (direct ingress is a cluster-wide setting): behind Serve's proxy, or with `direct` ingress."""
+    import ray
     from ray import serve
 
     app = app_config.AppConfig(checkpoint=str(checkpoint), config=bench.config,
@@ -174,8 +179,10 @@ def served(bench: BenchConfig, checkpoint: Path, obs: dict[str, Any], num_gpus: 
                                num_steps=bench.num_steps,
                                num_gpus=num_gpus, model_num_cpus=1.0 if num_gpus else 0.5, ingress_num_cpus=0.25,
                                model_autoscaling=app_config.Autoscaling(1, 1, 2.0 * bench.max_batch_size),
-                               max_sessions_per_ingress=max(bench.clients) + 8)  # fmt: skip
-    uri, _ = serve_job.start(serve_job.Config(app=app, host="127.0.0.1", port=bench.port))
+                               max_sessions_per_ingress=max(bench.clients) + 8, direct_ingress=direct)  # fmt: skip
+    saved_env = dict(os.environ)
+    # its own port: the other mode's proxy may hold its port for a while after shutting down
+    uri, _ = serve_job.start(serve_job.Config(app=app, host="127.0.0.1", port=bench.port + int(direct)))
     try:
         _, times, replies = _clients(uri, 1, bench.requests, obs)
         result: dict[str, Any] = {"batch1": {**_percentiles(times), **_hops(replies)}}
@@ -189,6 +196,9 @@ def served(bench: BenchConfig, checkpoint: Path, obs: dict[str, Any], num_gpus: 
                         result[f"mean_batch_c{c}"])  # fmt: skip
     finally:
         serve.shutdown()
+        ray.shutdown()
+        os.environ.clear()
+        os.environ.update(saved_env)
     return result
 
 
@@ -207,9 +217,9 @@ def main(bench: BenchConfig) -> dict[str, Any]:
         obs = _observation(bench.image_side, len(stats["state"].q01), config.default_prompt)
         local = in_process(bench, checkpoint, obs)
         gc.collect()
-        remote = served(bench, checkpoint, obs, num_gpus)
+        remote = {mode: served(bench, checkpoint, obs, num_gpus, mode == "direct") for mode in bench.ingress}
     return {"device": jax.devices()[0].device_kind, "config": bench.config, "in_process": local, "served": remote,
-            "p50_ratio": remote["batch1"]["p50_ms"] / local["batch1"]["p50_ms"]}  # fmt: skip
+            "p50_ratio": {mode: r["batch1"]["p50_ms"] / local["batch1"]["p50_ms"] for mode, r in remote.items()}}  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -56,6 +56,9 @@ class AppConfig:
     fixed_noise: bool = False  # the same noise for every request (deterministic answers)
     seed: int = 0  # noise seed
     max_message_bytes: int = 12 * 1024 * 1024  # request frame limit (the proxy itself drops > 16 MiB)
+    direct_ingress: bool = False  # the ingress replicas take connections on the port themselves, without Serve's
+    # proxy hop (Ray's experimental direct ingress; needs its environment on every node: jobs.serve.direct_ingress_env);
+    # at most one ingress replica per node, each on the port
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:

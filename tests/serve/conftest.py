@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,20 +60,47 @@ def app_config_for(run: Path) -> app_config.AppConfig:
     )  # fmt: skip
 
 
-@pytest.fixture(scope="package")
-def served(ray_local, policy_run: Path):
-    """The application via `jobs.serve.start` on 127.0.0.1; Serve shut down after the package."""
+def _serve_in_subprocess(run: Path, port: int) -> subprocess.Popen:
+    """`python -m jobs.serve --direct-ingress` on its own local Ray (direct ingress is a cluster-wide setting)."""
+    app = app_config_for(run)
+    args = [sys.executable, "-m", "jobs.serve", "--checkpoint", app.checkpoint, "--config", app.config,
+            "--api-key", API_KEY, "--max-batch-size", str(app.max_batch_size),
+            "--batch-wait-timeout-s", str(app.batch_wait_timeout_s), "--num-gpus", "0", "--model-num-cpus", "0.5",
+            "--ingress-num-cpus", "0.25", "--fixed-noise", "--max-message-bytes", str(app.max_message_bytes),
+            "--direct-ingress", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    return subprocess.Popen(args, cwd=Path(__file__).parents[2], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="package", params=["proxy", "direct"])
+def served(request, ray_local, policy_run: Path):
+    """The application via `jobs.serve` on 127.0.0.1: behind Serve's proxy (in this process's Ray), or with
+    the ingress taking connections itself (`--direct-ingress`, a subprocess with its own Ray)."""
     from ray import serve
 
     from jobs import serve as serve_job
 
-    app = app_config_for(policy_run)
-    config = serve_job.Config(app=app, host="127.0.0.1", port=free_port(), ready_timeout_s=180)
+    app, port = app_config_for(policy_run), free_port()
+    if request.param == "proxy":
+        config = serve_job.Config(app=app, host="127.0.0.1", port=port, ready_timeout_s=180)
+        try:
+            uri, metadata = serve_job.start(config)
+            yield {"uri": uri, "port": port, "metadata": metadata, "app": app}
+        finally:
+            serve.shutdown()
+        return
+    proc = _serve_in_subprocess(policy_run, port)
     try:
-        uri, metadata = serve_job.start(config)
-        yield {"uri": uri, "port": config.port, "metadata": metadata, "app": app}
+        uri = f"ws://127.0.0.1:{port}"
+        metadata = serve_job.wait_until_serving(uri, API_KEY, 300)
+        assert proc.poll() is None, "jobs.serve exited"
+        yield {"uri": uri, "port": port, "metadata": metadata, "app": app}
     finally:
-        serve.shutdown()
+        proc.send_signal(signal.SIGINT)  # jobs.serve shuts Serve down, then its Ray
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 @pytest.fixture(scope="session")
