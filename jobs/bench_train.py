@@ -243,6 +243,8 @@ def main(bench: BenchConfig) -> list[dict[str, Any]]:
                     if "RESOURCE_EXHAUSTED" not in str(err):
                         raise
                     r = {"case": case.name, "devices": n, "global_batch": b * n, "error": "out of device memory"}
+                    del err  # its traceback holds the failed case's arrays
+                    gc.collect()
                     jax.clear_caches()
                     print(f"{r['case']:70} {n:3d} {b * n:5d} {r['error']}", flush=True)  # noqa: T201
                 else:
