@@ -101,7 +101,8 @@ def wait_until_serving(uri: str, api_key: str | None, timeout_s: float) -> dict[
             time.sleep(0.5)
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing on `host` listens on now (the OS's pick)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -131,7 +132,7 @@ def start(config: Config) -> tuple[str, dict[str, Any]]:
                               tokenizer=_absolute(config.app.tokenizer))  # fmt: skip
     # Direct ingress still starts Serve's proxies (the replicas' HTTP servers need an HTTP config): give them
     # another port, as only the replicas take connections on config.port.
-    proxy_port = _free_port(config.host) if config.app.direct_ingress else config.port
+    proxy_port = free_port(config.host) if config.app.direct_ingress else config.port
     serve.start(http_options={"host": config.host, "port": proxy_port})
     serve.run(serve_app.app(app), name=config.name, route_prefix="/")
     local = "127.0.0.1" if config.host in ("0.0.0.0", "", "::") else config.host

@@ -233,7 +233,7 @@ class Gemma(nnx.Module):
         if len({c.depth for c in configs}) != 1 or len({(c.num_heads, c.num_kv_heads, c.head_dim) for c in configs}) != 1:
             raise ValueError(f"gemma experts must share depth, heads, kv heads and head_dim: {configs}")
         self.configs, self.adarms, self.dtype = tuple(configs), tuple(adarms), jnp.dtype(dtype)
-        self.remat = stack.check_remat(remat)
+        self.remat = remat  # checked where it is used (stack.scan)
         self.embedder = Embedder(vocab_size, configs[0].width, param_dtype=param_dtype, rngs=rngs)
         self.layers = stack.create(
             lambda r: Block(configs, adarms, dtype=dtype, param_dtype=param_dtype, rngs=r), configs[0].depth, rngs

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 from flax import nnx
 
-from recap_ray.models import gemma, lora, siglip
+from recap_ray.models import gemma, lora, siglip, stack
 
 if TYPE_CHECKING:
     from recap_ray.models import pi05
@@ -35,6 +35,9 @@ class Pi05Config:
     discrete_state_input: bool = True  # state enters as discretised prompt text (transform side)
     image_keys: tuple[str, ...] = IMAGE_KEYS  # prefix camera order
     remat: str = "nothing_saveable"  # what each SigLIP / Gemma layer keeps for backward (stack.REMAT_POLICIES)
+
+    def __post_init__(self) -> None:
+        stack.check_remat(self.remat)
 
     @property
     def paligemma(self) -> gemma.GemmaConfig:

@@ -36,6 +36,9 @@ class SiglipConfig:
     param_dtype: str = "float32"  # dtype parameters are created in
     remat: str = "nothing_saveable"  # what each block keeps for the backward pass (stack.REMAT_POLICIES)
 
+    def __post_init__(self) -> None:
+        stack.check_remat(self.remat)
+
     @property
     def head_dim(self) -> int:
         return self.width // self.num_heads
@@ -159,7 +162,7 @@ class Encoder(nnx.Module):
 
     def __init__(self, config: SiglipConfig, *, rngs: nnx.Rngs):
         self.encoderblock = stack.create(lambda r: Encoder1DBlock(config, rngs=r), config.depth, rngs)
-        self.remat = stack.check_remat(config.remat)
+        self.remat = config.remat
         self.encoder_norm = LayerNorm(config.width, param_dtype=config.param_dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, dtype: jnp.dtype) -> jax.Array:

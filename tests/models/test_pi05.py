@@ -11,7 +11,7 @@ import pytest
 from flax import nnx, traverse_util
 
 from recap_ray.configs import policy
-from recap_ray.models import pi05, pi05_config
+from recap_ray.models import pi05, pi05_config, siglip
 
 import spec_tree
 
@@ -172,5 +172,6 @@ def test_remat_policy_reaches_both_stacks_and_changes_no_gradient(model):
         grads[remat] = jax.jit(jax.grad(loss))(params)
     for remat in ("dots_with_no_batch_dims_saveable", "none"):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads[remat], grads["nothing_saveable"])
-    with pytest.raises(ValueError, match="unknown remat policy 'dots'.*nothing_saveable"):
-        dataclasses.replace(CONFIG, remat="dots").create(_rngs(0))
+    for make in (lambda: dataclasses.replace(CONFIG, remat="dots"), lambda: siglip.SiglipConfig.tiny(remat="dots")):
+        with pytest.raises(ValueError, match="unknown remat policy 'dots'.*nothing_saveable"):
+            make()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -46,12 +45,6 @@ def policy_run(tmp_path_factory: pytest.TempPathFactory, sentencepiece_model: Pa
     return run
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def app_config_for(run: Path) -> app_config.AppConfig:
     """The test application: CPU, API key, batches of up to 4, fixed noise (answers are reproducible)."""
     return app_config.AppConfig(
@@ -60,27 +53,29 @@ def app_config_for(run: Path) -> app_config.AppConfig:
     )  # fmt: skip
 
 
-def _serve_in_subprocess(run: Path, port: int) -> subprocess.Popen:
-    """`python -m jobs.serve --direct-ingress` on its own local Ray (direct ingress is a cluster-wide setting)."""
-    app = app_config_for(run)
+def _serve_in_subprocess(app: app_config.AppConfig, port: int, log: Path) -> subprocess.Popen:
+    """`python -m jobs.serve --direct-ingress` with `app`'s options, on its own local Ray (direct ingress is a
+    cluster-wide setting); its output goes to `log`."""
     args = [sys.executable, "-m", "jobs.serve", "--checkpoint", app.checkpoint, "--config", app.config,
-            "--api-key", API_KEY, "--max-batch-size", str(app.max_batch_size),
-            "--batch-wait-timeout-s", str(app.batch_wait_timeout_s), "--num-gpus", "0", "--model-num-cpus", "0.5",
-            "--ingress-num-cpus", "0.25", "--fixed-noise", "--max-message-bytes", str(app.max_message_bytes),
+            "--api-key", app.api_key, "--max-batch-size", str(app.max_batch_size),
+            "--batch-wait-timeout-s", str(app.batch_wait_timeout_s), "--num-gpus", str(app.num_gpus),
+            "--model-num-cpus", str(app.model_num_cpus), "--ingress-num-cpus", str(app.ingress_num_cpus),
+            "--fixed-noise" if app.fixed_noise else "--no-fixed-noise", "--max-message-bytes", str(app.max_message_bytes),
             "--direct-ingress", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    return subprocess.Popen(args, cwd=Path(__file__).parents[2], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with log.open("wb") as out:
+        return subprocess.Popen(args, cwd=Path(__file__).parents[2], env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 @pytest.fixture(scope="package", params=["proxy", "direct"])
-def served(request, ray_local, policy_run: Path):
+def served(request, ray_local, policy_run: Path, tmp_path_factory: pytest.TempPathFactory):
     """The application via `jobs.serve` on 127.0.0.1: behind Serve's proxy (in this process's Ray), or with
     the ingress taking connections itself (`--direct-ingress`, a subprocess with its own Ray)."""
     from ray import serve
 
     from jobs import serve as serve_job
 
-    app, port = app_config_for(policy_run), free_port()
+    app, port = app_config_for(policy_run), serve_job.free_port()
     if request.param == "proxy":
         config = serve_job.Config(app=app, host="127.0.0.1", port=port, ready_timeout_s=180)
         try:
@@ -89,10 +84,14 @@ def served(request, ray_local, policy_run: Path):
         finally:
             serve.shutdown()
         return
-    proc = _serve_in_subprocess(policy_run, port)
+    log = tmp_path_factory.mktemp("direct_ingress") / "jobs.serve.log"
+    proc = _serve_in_subprocess(app, port, log)
     try:
         uri = f"ws://127.0.0.1:{port}"
-        metadata = serve_job.wait_until_serving(uri, API_KEY, 300)
+        try:
+            metadata = serve_job.wait_until_serving(uri, API_KEY, 300)
+        except TimeoutError as err:
+            raise RuntimeError(f"jobs.serve --direct-ingress did not come up; its log ends:\n{log.read_text()[-4000:]}") from err
         assert proc.poll() is None, "jobs.serve exited"
         yield {"uri": uri, "port": port, "metadata": metadata, "app": app}
     finally:

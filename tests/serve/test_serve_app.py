@@ -151,9 +151,9 @@ def test_api_key_is_required(served):
 
 def test_direct_ingress_refused_on_a_cluster_without_its_environment(ray_local, policy_run):
     from jobs import serve as serve_job
-    from tests.serve.conftest import app_config_for, free_port
+    from tests.serve.conftest import app_config_for
 
     app = dataclasses.replace(app_config_for(policy_run), direct_ingress=True)
-    port = free_port()
+    port = serve_job.free_port()
     with pytest.raises(RuntimeError, match=f"RAY_SERVE_ENABLE_DIRECT_INGRESS=1 RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT={port}"):
         serve_job.start(serve_job.Config(app=app, host="127.0.0.1", port=port))
