@@ -8,6 +8,7 @@ so memory stays flat however large the dataset.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,8 +54,9 @@ class RunningStats:
         x = x.reshape(len(x), -1)
         if len(x) == 0:
             return
-        if not np.isfinite(x).all():
-            raise ValueError("norm stats: batch holds NaN or inf")
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            raise ValueError(f"norm stats: row {int(np.flatnonzero(bad)[0])} of the batch holds NaN or inf")
         n, mean, m2 = len(x), x.mean(0), ((x - x.mean(0)) ** 2).sum(0)
         if self._mean is None:
             self.count, self._mean, self._m2 = n, mean, m2
@@ -123,10 +125,15 @@ def dumps(stats: dict[str, NormStats]) -> str:
 
 
 def save(path: str | Path, stats: dict[str, NormStats]) -> None:
-    """Write openpi's norm_stats.json."""
+    """Write openpi's norm_stats.json atomically (a temporary file renamed over it: a crash leaves no half file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dumps(stats))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(dumps(stats))
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load(path: epath.PathLike) -> dict[str, NormStats]:
@@ -156,7 +163,11 @@ def compute(dataset: object, keys: dict[str, str] | None = None, progress: bool 
     if missing:
         raise KeyError(f"{dataset.root}: norm stats columns {missing} are not features of the dataset")
     running = {name: RunningStats() for name in keys}
-    for _, table in tqdm(dataset.iter_episode_tables(), total=dataset.num_episodes, desc="norm stats", disable=not progress):
+    tables = dataset.iter_episode_tables()
+    for ep, table in tqdm(tables, total=dataset.num_episodes, desc="norm stats", disable=not progress):
         for name, col in keys.items():
-            running[name].update(feats.column_to_numpy(table.column(col)))
+            try:
+                running[name].update(feats.column_to_numpy(table.column(col)))
+            except ValueError as err:
+                raise ValueError(f"{dataset.root}, episode {ep}, column {col!r}: {err}") from err
     return {name: r.result() for name, r in running.items()}

@@ -62,6 +62,11 @@ def prepare(
     """Write `dst` = `src` with the RECAP columns computed from success and intervention flags."""
     src = Path(src)
     with dataset_mod.open(src) as ds:
+        unknown = sorted(set(success or {}) - set(range(ds.num_episodes)))
+        if unknown:
+            raise ValueError(
+                f"{src}: success overrides name episodes {unknown}, the dataset has episodes 0..{ds.num_episodes - 1}"
+            )
         # Resolve every episode's flags before writing anything, so bad input fails fast.
         flags: dict[int, tuple[bool, np.ndarray]] = {}
         horizon = horizons(ds.meta.episodes, value_scale)

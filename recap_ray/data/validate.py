@@ -68,11 +68,12 @@ def _validate(ds: dataset_mod.Dataset, require_recap: bool, check_videos: bool) 
             if name not in m.features:
                 yield Issue(info_path, "RECAP column is missing from features", column=name)
     next_index = 0
+    frame_times: dict[Path, np.ndarray] = {}  # per video file, demuxed once
     for ep in m.episodes:
         yield from _validate_episode(ds, ep, next_index, require_recap)
         next_index += ep.length
         if check_videos:
-            yield from _validate_videos(ds, ep)
+            yield from _validate_videos(ds, ep, frame_times)
 
 
 def _validate_episode(ds: dataset_mod.Dataset, ep: meta_mod.Episode, start: int, require_recap: bool) -> Iterator[Issue]:
@@ -124,7 +125,9 @@ def _validate_episode(ds: dataset_mod.Dataset, ep: meta_mod.Episode, start: int,
             yield Issue(data_file, issue.message, ep.index, issue.column, issue.frame)
 
 
-def _validate_videos(ds: dataset_mod.Dataset, ep: meta_mod.Episode) -> Iterator[Issue]:
+def _validate_videos(
+    ds: dataset_mod.Dataset, ep: meta_mod.Episode, frame_times: dict[Path, np.ndarray]
+) -> Iterator[Issue]:
     m = ds.meta
     for key in m.video_keys:
         try:
@@ -135,6 +138,8 @@ def _validate_videos(ds: dataset_mod.Dataset, ep: meta_mod.Episode) -> Iterator[
         try:
             info = video.probe(seg.path)
             duration = video.duration_s(seg.path)
+            if seg.path not in frame_times:
+                frame_times[seg.path] = video.frame_times(seg.path)
         except video.VideoError as err:
             yield Issue(str(seg.path), str(err), ep.index, key)
             continue
@@ -146,3 +151,9 @@ def _validate_videos(ds: dataset_mod.Dataset, ep: meta_mod.Episode) -> Iterator[
             yield Issue(str(seg.path), f"video is {duration:.4f}s long, episode needs {need:.4f}s (truncated?)", ep.index, key, int((duration - seg.from_s) * m.fps))
         if abs((seg.to_s - seg.from_s) - ep.length / m.fps) > 1e-3:
             yield Issue(str(seg.path), f"segment spans {seg.to_s - seg.from_s:.4f}s for {ep.length} frames at {m.fps} fps", ep.index, key)
+        times = frame_times[seg.path]
+        if ds.version == meta_mod.V30:  # a shared file: only the frames inside the episode's span
+            tol = video.DEFAULT_TOLERANCE_S
+            times = times[(times >= seg.from_s - tol) & (times < seg.to_s - tol)]
+        if len(times) != ep.length:
+            yield Issue(str(seg.path), f"video has {len(times)} frames, the parquet has {ep.length} rows", ep.index, key)

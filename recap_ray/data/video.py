@@ -107,14 +107,15 @@ def duration_s(path: Path) -> float:
         return float(stream.duration * stream.time_base)
 
 
-def count_frames(path: Path) -> int:
-    """Number of video packets in the file, without decoding."""
+def frame_times(path: Path) -> np.ndarray:
+    """Sorted presentation times in seconds of the file's video packets, without decoding."""
     with _open(path) as container:
         stream = container.streams.video[0]
         try:
-            return sum(1 for p in container.demux(stream) if p.size)
+            pts = [p.pts for p in container.demux(stream) if p.size and p.pts is not None]
         except av.error.FFmpegError as err:
             raise VideoError(f"{path}: corrupt video data ({err})") from err
+        return np.sort(np.asarray(pts, np.int64)) * float(stream.time_base)
 
 
 class Concatenator:
@@ -164,6 +165,7 @@ class Concatenator:
             if lo > 0:
                 inp.seek(lo, stream=ist, backward=True, any_frame=False)
             start, end, first = self._offset, self._offset, True
+            shift = self._offset - lo
             for packet in inp.demux(ist):
                 if packet.pts is None or packet.pts < lo - slack:
                     continue
@@ -174,7 +176,6 @@ class Concatenator:
                 if first and not packet.is_keyframe:
                     raise VideoError(f"{src}: segment at {from_s:.4f}s does not start on a keyframe")
                 first = False
-                shift = self._offset - lo
                 end = max(end, packet.pts + shift + (packet.duration or 0))
                 packet.pts += shift
                 packet.dts = (packet.dts + shift) if packet.dts is not None else packet.pts
@@ -183,6 +184,11 @@ class Concatenator:
             if first:
                 raise VideoError(f"{src}: no frames in [{from_s}, {to_s})")
             span_end = end if hi is None else self._offset + (hi - lo)
+            if end < span_end - slack:
+                raise VideoError(
+                    f"{src}: frames end at {float((end - shift) * tb):.4f}s, short of the segment"
+                    f" [{from_s:.4f}, {to_s:.4f})s (video shorter than its episode?)"
+                )
             self._offset = span_end
         return float(start * self._time_base), float(span_end * self._time_base)
 

@@ -141,9 +141,20 @@ class DatasetWriter:
         src_ep = source.meta.episode(episode)
         table = source.episode_table(episode) if table is None else table
         n = table.num_rows
+        where = f"{source.root / source.layout.data_file(source.meta, episode)}, episode {episode}"
         if n != src_ep.length:
-            raise feats.FeatureError(f"{source.root}: episode {episode} has {n} rows, its metadata says {src_ep.length}")
-        tasks = [source.meta.tasks[i] for i in table.column("task_index").to_pylist()]
+            raise feats.FeatureError(f"{where}: {n} rows, its metadata says {src_ep.length}")
+        missing = [name for name in self.schema.names if name not in table.column_names]
+        if missing:
+            raise feats.FeatureError(f"{where}: columns {missing} are missing (info.json lists them)")
+        task_index = table.column("task_index").to_pylist()
+        bad = {i for i in task_index if i is None or not 0 <= i < len(source.meta.tasks)}
+        bad = sorted(bad, key=lambda i: (i is not None, i))
+        if bad:
+            raise feats.FeatureError(
+                f"{where}: column 'task_index' holds {bad}, the dataset has tasks 0..{len(source.meta.tasks) - 1}"
+            )
+        tasks = [source.meta.tasks[i] for i in task_index]
         columns = {name: table.column(name) for name in table.column_names}
         new = self._table(
             columns,
@@ -161,7 +172,10 @@ class DatasetWriter:
         sources = {k: source.video_segment(episode, k) for k in self.video_keys}
         extra = dict(src_ep.extra)
         extra.update(meta or {})
-        return self._write(new, sources, vstats, extra)
+        try:
+            return self._write(new, sources, vstats, extra)
+        except video.VideoError as err:
+            raise video.VideoError(f"{source.root}, episode {episode}: {err}") from err
 
     @property
     def _quantiles(self) -> bool:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from recap_ray.data import convert, dataset, features, meta
-from tests.data.conftest import CAMERAS, episode_columns, make_dataset
+from recap_ray.data import convert, dataset, features, meta, video
+from tests.data.conftest import CAMERAS, episode_columns, frames, make_dataset, tree_digest
 
 
 def test_write_read_round_trip(tmp_path, version):
@@ -66,3 +68,39 @@ def test_v30_splits_to_per_episode_files_starting_at_zero(tmp_path):
         for ep in range(2):
             seg = ds.video_segment(ep, CAMERAS[0])
             assert seg.from_s == 0.0 and seg.path.name == f"episode_{ep:06d}.mp4"
+
+
+@pytest.mark.parametrize("to", ["v3.0", "v2.1"])
+def test_convert_refuses_a_video_shorter_than_its_episode(tmp_path, to):
+    src = make_dataset(tmp_path / "v21", "v2.1", (12, 15, 9))
+    with dataset.open(src) as ds:
+        short = ds.video_segment(1, CAMERAS[0]).path
+    short.unlink()
+    video.encode(short, frames(14, 1, 0), 30)  # 14 frames for 15 rows: the last row has no frame
+    before = tree_digest(src)
+    with pytest.raises(video.VideoError, match=r"episode 1: .*episode_000001\.mp4: frames end at 0\.4667s"):
+        convert.convert(src, tmp_path / "out", to)
+    assert not (tmp_path / "out").exists()
+    assert tree_digest(src) == before
+
+
+def _drop_reward(table: pa.Table) -> pa.Table:
+    return table.drop(["reward"])
+
+
+def _task_out_of_range(table: pa.Table) -> pa.Table:
+    i = table.column_names.index("task_index")
+    return table.set_column(i, table.schema.field(i), pa.array([5] * table.num_rows, pa.int64()))
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [(_drop_reward, r"columns \['reward'\] are missing"), (_task_out_of_range, r"column 'task_index' holds \[5\]")],
+)
+def test_convert_names_the_file_and_episode_of_a_bad_table(tmp_path, corrupt, message):
+    src = make_dataset(tmp_path / "v21", "v2.1", (12, 15, 9))
+    path = src / "data/chunk-000/episode_000001.parquet"
+    pq.write_table(corrupt(pq.read_table(path)), path)
+    with pytest.raises(features.FeatureError, match=r"episode_000001\.parquet, episode 1: " + message):
+        convert.convert(src, tmp_path / "out", "v3.0")
+    assert not (tmp_path / "out").exists()

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import validate as validate_job
-from recap_ray.data import dataset, validate
-from tests.data.conftest import tree_digest
+from recap_ray.data import dataset, validate, video
+from tests.data.conftest import CAMERAS, frames, tree_digest
 
 
 def _rewrite_column(root, episode, column, fn):
@@ -77,7 +77,35 @@ def _wrong_shape(root):
     (root / "meta/info.json").write_text(json.dumps(info, indent=4))
 
 
+def _drop_packet(path, frame):
+    """Remux `path` without the packet of one frame; the frames after it keep their times (a hole)."""
+    import av
+
+    tmp = path.with_suffix(".tmp.mp4")
+    with av.open(str(path)) as inp, av.open(str(tmp), "w") as out:
+        stream = out.add_stream_from_template(inp.streams.video[0], opaque=True)
+        for k, packet in enumerate(p for p in inp.demux(inp.streams.video[0]) if p.size):
+            if k != frame:
+                packet.stream = stream
+                out.mux(packet)
+    tmp.replace(path)
+
+
+def _video_frames_differ_from_rows(root):
+    """Episode 1's head camera gets 16 frames for its 15 rows (v2.1), or loses frame 7 inside its span of the shared
+    file while the file keeps its length (v3.0): nothing is truncated, only the frame count is off."""
+    with dataset.open(root) as ds:
+        path = ds.video_segment(1, CAMERAS[0]).path
+        if ds.version == "v2.1":
+            path.unlink()
+            video.encode(path, frames(16, 1, 0), 30)
+        else:
+            _drop_packet(path, ds.meta.episode(0).length + 7)
+
+
 FILE_CASES = {
+    "video_frames_differ": (_video_frames_differ_from_rows, "episode 1, column 'observation.images.head_camera'",
+                            "video has 1[46] frames, the parquet has 15 rows"),
     "missing_recap": (_missing_recap, "column 'reward_label'", "columns disagree|missing"),
     "truncated_mp4": (_truncate_video, ".mp4", "cannot open|truncated|corrupt|duration"),
     "missing_mp4": (_remove_video, ".mp4", "missing"),

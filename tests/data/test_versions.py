@@ -82,6 +82,13 @@ def test_prepare_without_success_names_the_episode(tmp_path):
     assert info.total_frames == 10
 
 
+def test_prepare_refuses_success_overrides_for_episodes_it_lacks(tmp_path):
+    src = make_dataset(tmp_path / "raw", "v3.0", (5, 5), with_recap=False)
+    with pytest.raises(ValueError, match=r"success overrides name episodes \[2, 7\], the dataset has episodes 0..1"):
+        prepare.prepare(src, tmp_path / "out", success={0: False, 2: True, 7: True})
+    assert not (tmp_path / "out").exists()
+
+
 def test_crash_leaves_no_version_and_rerun_is_identical(tmp_path, version):
     src = make_dataset(tmp_path / "src", version, (6, 7, 5))
 
@@ -139,6 +146,38 @@ def test_norm_stats_against_numpy(tmp_path):
     width = (state.max(0) - state.min(0)) / norm_stats.NUM_BINS
     assert (np.abs(stats["state"].q01 - np.quantile(state, 0.01, axis=0, method="inverted_cdf")) <= 2 * width + 1e-9).all()
     assert (np.abs(stats["state"].q99 - np.quantile(state, 0.99, axis=0, method="inverted_cdf")) <= 2 * width + 1e-9).all()
+
+
+def test_norm_stats_save_is_atomic(tmp_path, monkeypatch):
+    """A write that dies half-way leaves the previous file whole and no temporary file behind."""
+    out = tmp_path / "norm_stats.json"
+    unit = norm_stats.NormStats(mean=np.zeros(2), std=np.ones(2), q01=-np.ones(2), q99=np.ones(2))
+    norm_stats.save(out, {"state": unit})
+    before = out.read_text()
+
+    def dies_half_way(self, text, *args, **kwargs):
+        with open(self, "w") as f:
+            f.write(text[: len(text) // 2])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(out), "write_text", dies_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        norm_stats.save(out, {"state": unit, "actions": unit})
+    assert out.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["norm_stats.json"]
+
+
+def test_norm_stats_name_the_episode_column_and_frame_of_a_nan(tmp_path):
+    import pyarrow.parquet as pq
+
+    root = make_dataset(tmp_path / "d", "v2.1", (12, 15, 9))
+    path = root / "data/chunk-000/episode_000001.parquet"
+    table = pq.read_table(path)
+    actions = table.column("action").to_pylist()
+    actions[3][2] = float("nan")
+    i = table.column_names.index("action")
+    pq.write_table(table.set_column(i, table.schema.field(i), pa.array(actions, table.schema.field(i).type)), path)
+    with dataset.open(root) as ds, pytest.raises(ValueError, match=r"episode 1, column 'action': .*row 3 "):
+        norm_stats.compute(ds)
 
 
 def test_running_stats_widening_range_matches_numpy():
