@@ -13,8 +13,8 @@ whole for the advantage step; nothing holds more than a few chunks of frames at 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
+import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -56,10 +56,21 @@ class Resources:
     cpus_per_decode: float = 1.0  # per decode task
 
 
-@functools.lru_cache(maxsize=1)
+_opened: tuple[tuple[str, int, int], dataset_mod.Dataset] | None = None  # this worker process's dataset
+
+
 def _open(root: str) -> dataset_mod.Dataset:
-    """The dataset, opened once per worker process (decoders stay open between chunks)."""
-    return dataset_mod.open(root)
+    """The dataset, opened once per worker process (decoders stay open between chunks), and again
+    when a dataset was rewritten at the same path (Ray reuses workers; keyed by info.json's inode and mtime)."""
+    global _opened
+    info = os.stat(os.path.join(root, "meta", "info.json"))
+    key = (root, info.st_ino, info.st_mtime_ns)
+    if _opened is None or _opened[0] != key:
+        if _opened is not None:
+            _opened[1].close()  # its video readers
+        _opened = None
+        _opened = (key, dataset_mod.open(root))
+    return _opened[1]
 
 
 def decode_chunks(batch: dict[str, np.ndarray], spec: InferenceSpec) -> Iterator[dict[str, np.ndarray]]:

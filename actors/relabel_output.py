@@ -34,10 +34,22 @@ _NEEDED = ("reward", "reward_label", "intervention", "task_index")
 
 
 def check_source(ds: dataset_mod.Dataset) -> None:
-    """Raise unless the dataset has the RECAP columns labelling reads."""
+    """Raise unless the dataset has the RECAP columns labelling reads, 0/1 intervention flags and
+    task indices of its tasks, naming the episode (the relabel job calls this before inference)."""
     missing = [c for c in recap_columns.COLUMNS if c not in ds.features]
     if missing:
         raise meta_mod.DatasetError(f"{ds.root}: no RECAP columns {missing}; run `python -m jobs.prepare` first")
+    for ep in ds.meta.episodes:
+        table = ds.episode_table(ep.index)
+        flags = feats.column_to_numpy(table.column("intervention")).reshape(-1)
+        if not np.isin(flags, (0, 1)).all():
+            raise meta_mod.DatasetError(f"{ds.root}, episode {ep.index}: intervention flags must be 0 or 1, "
+                                        f"got values {sorted(set(flags.tolist()))}")  # fmt: skip
+        tasks = feats.column_to_numpy(table.column("task_index")).reshape(-1)
+        unknown = sorted(set(tasks[(tasks < 0) | (tasks >= len(ds.meta.tasks))].tolist()))
+        if unknown:
+            raise meta_mod.DatasetError(f"{ds.root}, episode {ep.index}: task_index values {unknown} not in the "
+                                        f"dataset's tasks (0..{len(ds.meta.tasks) - 1})")  # fmt: skip
 
 
 def episode_input(ds: dataset_mod.Dataset, episode: int, values: np.ndarray) -> relabel.Episode:

@@ -96,6 +96,10 @@ def settings(lookahead: int, positive_ratio: float, compat: str, scope: str | No
     """Labelling settings; the scope defaults to pistar's global under compat pistar, else per task."""
     if compat not in advantage.RULES:
         raise ValueError(f"--compat {compat!r} not in {advantage.RULES}")
+    if scope is not None and scope not in threshold.SCOPES:
+        raise ValueError(f"unknown threshold scope {scope!r}; expected one of {threshold.SCOPES}")
+    if lookahead < 1:
+        raise ValueError(f"--lookahead must be >= 1, got {lookahead}")
     threshold.percent(positive_ratio)  # range check before any work
     return relabel.Settings(lookahead, positive_ratio, compat, scope or ("global" if compat == "pistar" else "task"),
                             stop_at_intervention)  # fmt: skip
@@ -169,6 +173,8 @@ def main(config: Config) -> Path:
     step, name, tokenizer = resolve_checkpoint(config)
     params = checkpoints.params_dir(step)
     spec = inference_spec(config, params, name, tokenizer)
+    with dataset_mod.open(config.dataset) as ds:
+        relabel_output.check_source(ds)  # before inference, not after it
     parts = {
         "source": versions.fingerprint(config.dataset),
         "checkpoint": relabel_store.tree_key(params),

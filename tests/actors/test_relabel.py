@@ -5,12 +5,14 @@ validates and opens in lerobot, and the source is never touched."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import orbax.checkpoint as ocp
+import pyarrow as pa
 import pytest
 from flax import nnx
 
@@ -19,10 +21,10 @@ from actors import relabel_store
 from jobs import relabel as relabel_job
 from jobs import rethreshold
 from recap_ray.configs import registry
-from recap_ray.data import dataset, recap_columns, validate, versions, writer
+from recap_ray.data import dataset, meta, recap_columns, validate, versions, writer
 from recap_ray.models import checkpoints, value_infer, value_preprocess
 from recap_ray.recap import labels, relabel
-from tests.data.conftest import episode_columns, features, tree_digest
+from tests.data.conftest import episode_columns, features, make_dataset, tree_digest
 from tests.interop import peers
 
 LENGTHS = (12, 15, 9, 10)  # episode 3 is all intervention (a demonstration)
@@ -230,6 +232,70 @@ def test_checkpoint_resolution(inputs, tmp_path):
     assert relabel_job.resolve_checkpoint(_config(src, loose, tmp_path / "x", config="value_tiny"))[1] == "value_tiny"
     with pytest.raises(FileExistsError):
         relabel_job.main(_config(src, run, src))
+
+
+def _with_column(src: Path, out: Path, column: str, episode: int, value: int) -> Path:
+    """`src` with every frame of `column` in `episode` set to `value`."""
+
+    def transform(index: int, table: pa.Table, ep) -> pa.Table:
+        if index != episode:
+            return table
+        return table.set_column(table.column_names.index(column), column, pa.array(np.full(table.num_rows, value, np.int64)))
+
+    return versions.derive(src, out, transform, change=f"test: {column} = {value} in episode {episode}")
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ("no_recap", r"no RECAP columns \['intervention'"),
+        ("task", r"episode 1: task_index values \[7\] not in the dataset's tasks \(0\.\.1\)"),
+        ("intervention", r"episode 2: intervention flags must be 0 or 1, got values \[2\]"),
+    ],
+)
+def test_bad_input_is_named_before_any_inference(inputs, tmp_path, monkeypatch, bad, match):
+    src, run = inputs
+    if bad == "no_recap":
+        bad_src = make_dataset(tmp_path / "bad", "v3.0", with_recap=False)
+    else:
+        bad_src = _with_column(src, tmp_path / "bad", *({"task": ("task_index", 1, 7), "intervention": ("intervention", 2, 2)}[bad]))
+
+    def no_inference(*args, **kwargs):
+        raise AssertionError("value inference started on a dataset that cannot be labelled")
+
+    monkeypatch.setattr(relabel_job, "infer_values", no_inference)
+    with pytest.raises(meta.DatasetError, match=match) as err:
+        relabel_job.main(_config(bad_src, run, tmp_path / "out"))
+    assert str(bad_src) in str(err.value)
+
+
+def test_decode_worker_sees_a_dataset_rewritten_at_the_same_path(tmp_path):
+    """Ray reuses worker processes: a decode task must not serve the old dataset's episodes and frames."""
+    root = tmp_path / "ds"
+    spec = relabel_actors.InferenceSpec(dataset=str(root), config="value_tiny", params="unused", tokenizer=None,
+                                        cameras=(("base_0_rgb", "observation.images.head_camera"),), batch_size=BATCH)  # fmt: skip
+    make_dataset(root, "v3.0", lengths=(12, 15))
+    list(relabel_actors.decode_chunks({"episode_index": np.array([1])}, spec))
+    shutil.rmtree(root)
+    make_dataset(root, "v3.0", lengths=(20, 9), seed=1)
+    rows = list(relabel_actors.decode_chunks({"episode_index": np.array([1])}, spec))
+    assert [(int(r["start"][0]), int(r["count"][0])) for r in rows] == [(0, 8), (8, 1)]
+    with dataset.open(root) as ds:
+        frame = ds.frames(1, "observation.images.head_camera", np.arange(8, 9))
+    np.testing.assert_array_equal(rows[1]["base_0_rgb"][0][:1], value_preprocess.resize_with_pad(frame, spec.image_size, spec.image_size))
+
+
+@pytest.mark.parametrize(("setting", "match"), [({"lookahead": 0}, "lookahead must be >= 1"),
+                                               ({"threshold_scope": "episode"}, "unknown threshold scope")])
+def test_bad_settings_fail_before_any_inference(inputs, tmp_path, monkeypatch, setting, match):
+    src, run = inputs
+
+    def no_inference(*args, **kwargs):
+        raise AssertionError("value inference started with settings that cannot label")
+
+    monkeypatch.setattr(relabel_job, "infer_values", no_inference)
+    with pytest.raises(ValueError, match=match):
+        relabel_job.main(dataclasses.replace(_config(src, run, tmp_path / "out"), **setting))
 
 
 @pytest.mark.interop
