@@ -117,7 +117,7 @@ def policy_case(name: str, remat: str) -> Case:
             "actions": rng.standard_normal(actions.shape).astype(np.float32),
         }
 
-    return Case(f"{name} remat={remat}", task, lambda: model_config.create(nnx.Rngs(jax.random.key(config.seed))), batch)
+    return Case(f"{name} remat={remat}", task, task.build_model, batch)  # the trainer's model: LoRA's frozen leaves in bf16
 
 
 def _sub_jaxprs(params: dict[str, Any]) -> list[Any]:

@@ -102,7 +102,8 @@ def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_
     tx = optim.optimizer(opt_config)
     graphdef, state = state_lib.create(task.build_model(), task.trainable(), tx, use_ema=task.ema_decay is not None, seed=task.config.seed)
     shardings = sharding.fsdp_shardings(state, mesh)
-    mngr = checkpointing.manager(job.run_dir, checkpointing.CheckpointOptions(keep=job.keep_checkpoints, async_save=job.async_save))
+    mngr = checkpointing.manager(job.run_dir, checkpointing.CheckpointOptions(
+        keep=job.keep_checkpoints, keep_period=task.keep_period, async_save=job.async_save))
     position = None
     latest = mngr.latest_step()
     if latest is not None:

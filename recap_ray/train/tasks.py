@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from flax import nnx
@@ -39,6 +39,7 @@ class ValueTask:
     init: str | None  # overrides config.init_weights when set
 
     kind = "value"
+    keep_period = None  # pistar keeps no extra checkpoints: only the run's newest `keep`
 
     @property
     def ema_decay(self) -> float | None:
@@ -114,21 +115,28 @@ class PolicyTask:
     def ema_decay(self) -> float | None:
         return self.config.ema_decay
 
+    @property
+    def keep_period(self) -> int | None:
+        """Checkpoints at multiples of this step are kept forever (openpi's keep_period)."""
+        return self.config.keep_period
+
     def optimizer(self, num_steps: int) -> optim.OptimizerConfig:
         c = self.config
         return optim.OptimizerConfig(c.peak_lr, c.decay_lr, c.warmup_steps, c.decay_steps, c.b1, c.b2, c.eps,
                                      c.weight_decay, c.clip_gradient_norm)  # fmt: skip
 
     def build_model(self) -> nnx.Module:
-        """pi0.5 with openpi params from an SFT/base `params/` dir or one of our runs or steps (local or gs://)."""
+        """pi0.5 with openpi params from an SFT/base `params/` dir or one of our runs or steps (local or gs://);
+        frozen (LoRA-run) leaves cast to bfloat16 as openpi's init_train_state does."""
         model = self.config.model.create(nnx.Rngs(jax.random.key(self.config.seed)))
         source = self.init if self.init is not None else self.config.init_params
-        if source is None or source == "none":
-            return model
-        path = epath.Path(source)
-        if checkpoints.is_run_dir(path) or (path / checkpoints.PARAMS_ITEM).is_dir():
-            source = str(checkpoints.params_dir(checkpoints.resolve(path)))
-        weights.load_into(model, source)  # anything else is an openpi params/ dir, as given
+        if source is not None and source != "none":
+            path = epath.Path(source)
+            if checkpoints.is_run_dir(path) or (path / checkpoints.PARAMS_ITEM).is_dir():
+                source = str(checkpoints.params_dir(checkpoints.resolve(path)))
+            weights.load_into(model, source)  # anything else is an openpi params/ dir, as given
+        frozen = nnx.state(model, self.config.model.frozen_filter())
+        nnx.update(model, jax.tree.map(lambda x: x.astype(jnp.bfloat16), frozen))
         return model
 
     def trainable(self) -> nnx.filterlib.Filter:

@@ -90,3 +90,30 @@ def test_policy_checkpoint_is_openpi_layout_with_assets(tmp_path, train_dataset,
     assert stats["state"].mean.shape == (14,) and stats["actions"].mean.shape == (14,)
     assert checkpoints.tokenizer_file(step_dir).read_bytes() == sentencepiece_model.read_bytes()
     assert checkpoints.run_info(step_dir)["config"] == "pi06_tiny"
+
+
+def test_policy_run_keeps_every_keep_period_checkpoint(tmp_path, train_dataset, sentencepiece_model, monkeypatch):
+    """openpi: the newest `keep` checkpoints plus every step divisible by the config's keep_period."""
+    config = dataclasses.replace(registry.get("pi06_tiny"), keep_period=2)
+    monkeypatch.setattr(registry, "get", lambda name: config)
+    job = _job(tmp_path, train_dataset, sentencepiece_model, kind="policy", num_steps=5, save_interval=1,
+               keep_checkpoints=1)  # fmt: skip
+    loop.train(job)
+    assert checkpoints.steps(job.run_dir) == [2, 4, 5]
+    assert run_record.read(job.run_dir)["checkpoints"] == [2, 4, 5]
+
+
+def test_lora_policy_trains_frozen_leaves_in_bfloat16(tmp_path, train_dataset, sentencepiece_model, monkeypatch):
+    """openpi's init_train_state casts the frozen (non-LoRA LLM) leaves to bfloat16: the step runs on them and the
+    checkpoint holds them so, while the trainable leaves stay float32."""
+    base = registry.get("pi06_tiny")
+    model = dataclasses.replace(base.model, paligemma_variant="tiny_lora", action_expert_variant="tiny_expert_lora")
+    config = dataclasses.replace(base, model=model)
+    monkeypatch.setattr(registry, "get", lambda name: config)
+    job = _job(tmp_path, train_dataset, sentencepiece_model, kind="policy", num_steps=1, save_interval=1)
+    loop.train(job)
+    saved = weights.flatten(weights.restore(checkpoints.params_dir(checkpoints.resolve(job.run_dir))))
+    frozen = {p for p in saved if model.is_frozen(p)}
+    assert frozen and len(frozen) < len(saved)
+    assert {str(saved[p].dtype) for p in frozen} == {"bfloat16"}
+    assert {str(v.dtype) for p, v in saved.items() if p not in frozen} == {"float32"}
