@@ -44,7 +44,7 @@ class RoundConfig:
     """What one round does; the YAML file holds these fields."""
 
     sources: tuple[str, ...] = ()  # new LeRobot datasets (rollouts with corrections) for this round
-    previous_round: str | None = None  # previous round's DIR: its data is merged in, its policy is the init
+    previous_round: str | None = None  # previous round's DIR: its data (collected rollouts too) is merged in, its policy is the init
     sft_checkpoint: str | None = None  # initial policy when there is no previous round (openpi params/ or a run)
     policy_config: str = "pi06_yam_vial_30fps_lora_from_sft_recap"  # registered policy config
     value_config: str = "value"  # registered value-model config
@@ -82,6 +82,8 @@ class RoundConfig:
         raw = yaml.safe_load(path.read_text()) or {}
         raw = _fields(cls, raw, str(path))
         if "sources" in raw:
+            if not isinstance(raw["sources"], list):
+                raise ValueError(f"{path}: sources must be a list of dataset paths, got {raw['sources']!r}")
             raw["sources"] = tuple(raw["sources"])
         for name, kind in (("task", world.TaskConfig), ("dagger", session.DaggerConfig)):
             if name in raw:
@@ -123,29 +125,56 @@ def _has_recap_columns(path: Path) -> bool:
         return all(c in ds.features for c in recap_columns.COLUMNS)
 
 
+def previous_output(previous_round: str, stages: tuple[str, ...], key: str) -> str:
+    """Output `key` of the first of `stages` the round in `previous_round` ran (else the last), which must be done."""
+    path = Path(previous_round) / manifest_lib.FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"previous_round {previous_round}: no {manifest_lib.FILE}, not a round directory")
+    recorded = json.loads(path.read_text())["stages"]
+    stage = next((s for s in stages if s in recorded), stages[-1])
+    entry = recorded.get(stage, {"status": manifest_lib.PENDING})
+    if entry["status"] != manifest_lib.DONE:
+        raise ValueError(f"previous_round {previous_round}: its {stage!r} stage is {entry['status']}, not done; "
+                         "finish that round first")  # fmt: skip
+    return entry["outputs"][key]
+
+
+def _fresh(path: Path) -> Path:
+    """`path`, with what an unfinished attempt of its stage left there removed: a rerun stage starts from its inputs."""
+    if path.exists():
+        logger.warning("removing %s, left by an unfinished attempt of its stage", path)
+        shutil.rmtree(path)
+    return path
+
+
 def data_stage(rc: RoundConfig, out: Path) -> dict[str, Any]:
     sources = [Path(s) for s in rc.sources]
     if rc.previous_round:
-        previous = json.loads((Path(rc.previous_round) / manifest_lib.FILE).read_text())
-        sources.insert(0, Path(previous["stages"]["data"]["outputs"]["dataset"]))
+        sources.insert(0, Path(previous_output(rc.previous_round, ("collect", "data"), "dataset")))  # rollouts included
     if not sources:
         raise ValueError("a round needs data: set `sources` or `previous_round`")
-    merged = sources[0] if len(sources) == 1 else merge.main(merge.Config(sources=tuple(sources), output=out / "data_merged"))
-    dataset = merged if _has_recap_columns(merged) else prepare.main(prepare.Config(input=merged, output=out / "data"))
+    merged = sources[0]
+    if len(sources) > 1:
+        merged = merge.main(merge.Config(sources=tuple(sources), output=_fresh(out / "data_merged")))
+    dataset = merged if _has_recap_columns(merged) else prepare.main(prepare.Config(input=merged, output=_fresh(out / "data")))
     return {"outputs": {"dataset": str(dataset)}}
 
 
 def targets_stage(rc: RoundConfig, dataset: str, out: Path) -> dict[str, Any]:
     """The RECAP columns recomputed on the round's value scale (a new version; adv_ind back to the data's labels)."""
-    return {"outputs": {"dataset": str(prepare.main(prepare.Config(input=Path(dataset), output=out,
+    return {"outputs": {"dataset": str(prepare.main(prepare.Config(input=Path(dataset), output=_fresh(out),
                                                                  value_scale=rc.value_scale)))}}  # fmt: skip
 
 
 def train_stage(kind: str, rc: RoundConfig, dataset: str, run_dir: Path, init: str | None,
                 steps: int | None = None, config_name: str | None = None) -> dict[str, Any]:
-    """Train the value model or the policy; `steps` and `config_name` override the round's step count and config."""
+    """Train the value model or the policy; `steps` and `config_name` override the round's step count and config.
+
+    A run an unfinished attempt left in `run_dir` is resumed from its newest checkpoint (the training job refuses
+    one of another kind, config or dataset).
+    """
     common = dict(dataset=Path(dataset), run_dir=str(run_dir), num_workers=rc.num_workers, gpus_per_worker=rc.gpus_per_worker,
-                  batch_size=rc.batch_size, init=init)  # fmt: skip
+                  batch_size=rc.batch_size, init=init, resume=True)  # fmt: skip
     if kind == "value":
         config = training.Config(config=rc.value_config, tokenizer=rc.value_tokenizer,
                                  num_steps=steps or rc.value_steps, **common)  # fmt: skip
@@ -158,9 +187,9 @@ def train_stage(kind: str, rc: RoundConfig, dataset: str, run_dir: Path, init: s
 
 
 def relabel_stage(rc: RoundConfig, dataset: str, value_run: str, out: Path) -> dict[str, Any]:
-    result = relabel.main(relabel.Config(dataset=Path(dataset), value_ckpt=value_run, output=out, lookahead=rc.lookahead,
-                                         positive_ratio=rc.positive_ratio, stop_at_intervention=rc.stop_at_intervention,
-                                         num_actors=rc.num_actors,
+    result = relabel.main(relabel.Config(dataset=Path(dataset), value_ckpt=value_run, output=_fresh(out),
+                                         lookahead=rc.lookahead, positive_ratio=rc.positive_ratio,
+                                         stop_at_intervention=rc.stop_at_intervention, num_actors=rc.num_actors,
                                          gpus_per_actor=rc.gpus_per_actor, dtype=None))  # fmt: skip
     return {"outputs": {"dataset": str(result)}}
 
@@ -186,9 +215,9 @@ def served(rc: RoundConfig, checkpoint: str, name: str) -> Iterator[str]:
 def collect_stage(rc: RoundConfig, dataset: str, policy: str, out: Path) -> dict[str, Any]:
     """DAgger rollouts of the served `policy` with the simulated operator's corrections, merged into `dataset`."""
     with served(rc, policy, "collect") as uri:
-        rollouts = collect.main(collect.Config(endpoint=uri, output=out / "rollouts", rollouts=rc.collect_rollouts,
+        rollouts = collect.main(collect.Config(endpoint=uri, output=_fresh(out / "rollouts"), rollouts=rc.collect_rollouts,
                                                seed=rc.collect_seed, task=rc.task, dagger=rc.dagger))  # fmt: skip
-    merged = merge.main(merge.Config(sources=(Path(dataset), rollouts), output=out / "data_collected"))
+    merged = merge.main(merge.Config(sources=(Path(dataset), rollouts), output=_fresh(out / "data_collected")))
     return {"outputs": {"rollouts": str(rollouts), "dataset": str(merged)}}
 
 
@@ -207,12 +236,11 @@ def evaluate_stage(rc: RoundConfig, policies: dict[str, str], out: Path) -> dict
 def run_round(rc: RoundConfig, out: Path, *, sft_stage: bool = False) -> dict[str, Any]:
     """Run (or resume) the round's stages in order; returns round.json's contents."""
     m = manifest_lib.Manifest(out, {k: v for k, v in dataclasses.asdict(rc).items() if k != "serve_port"})
+    init = rc.sft_checkpoint
+    if rc.previous_round:  # looked up before any stage runs: an unfinished previous round is refused here
+        init = previous_output(rc.previous_round, ("policy",), "run_dir")
     data = m.run("data", {"sources": list(rc.sources), "previous_round": rc.previous_round}, "merge + prepare",
                  lambda: data_stage(rc, out))["outputs"]["dataset"]  # fmt: skip
-    init = rc.sft_checkpoint
-    if rc.previous_round:
-        previous = json.loads((Path(rc.previous_round) / manifest_lib.FILE).read_text())
-        init = previous["stages"]["policy"]["outputs"]["run_dir"]
     if sft_stage:  # demo: the SFT baseline is trained here, on the data's own labels
         sft_config = rc.sft_config or rc.policy_config
         sft = m.run("sft", {"dataset": data}, f"jobs.train_policy --config {sft_config} (data labels)",

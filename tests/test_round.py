@@ -3,12 +3,35 @@ a config change is refused, the YAML is checked field by field."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import shutil
 
 import pytest
 
+from jobs import collect, make_dataset, training
 from jobs import round as round_job
 from recap_ray import manifest
+from recap_ray.data import dataset
+from recap_ray.sim import policies, world
+from recap_ray.train import run_record
+
+TASK = world.TaskConfig(image_height=16, image_width=16, time_limit_s=0.5)
+
+
+@pytest.fixture(scope="module")
+def tiny_datasets(tmp_path_factory):
+    """Two small simulated datasets with the RECAP columns: 2 episodes and 1 episode."""
+    root = tmp_path_factory.mktemp("round_data")
+    a = make_dataset.main(make_dataset.Config(output=root / "a", demos=1, rollouts=1, task=TASK, workers=0))
+    b = make_dataset.main(make_dataset.Config(output=root / "b", demos=1, rollouts=0, seed=1, task=TASK, workers=0))
+    return a, b
+
+
+def _episodes(path) -> int:
+    with dataset.open(path) as ds:
+        return ds.num_episodes
 
 
 def test_crashed_round_resumes_from_the_failed_stage(tmp_path):
@@ -57,6 +80,9 @@ def test_round_yaml_fields_are_checked(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("sources: [/data/a]\nlookahed: 10\n")
     with pytest.raises(ValueError, match=r"bad.yaml: unknown RoundConfig fields \['lookahed'\]"):
+        round_job.RoundConfig.from_yaml(bad)
+    bad.write_text("sources: /data/a\n")  # one path, not a list: not split into characters
+    with pytest.raises(ValueError, match=r"bad.yaml: sources must be a list of dataset paths, got '/data/a'"):
         round_job.RoundConfig.from_yaml(bad)
     bad.write_text("value_scale: steps\n")
     with pytest.raises(ValueError, match=r"bad.yaml: value_scale 'steps' is not one of \('episode', 'task'\)"):
@@ -147,3 +173,69 @@ def test_round_on_the_datas_labels_skips_the_value_stages_and_resumes_after_a_cr
     fake = _FakeStages(monkeypatch, tmp_path)
     round_job.run_round(rc, tmp_path / "round")
     assert fake.calls == [("policy", str(tmp_path / "outputs" / "data"), "/ckpt/sft", None, "p")]  # data not redone
+
+
+def test_a_crashed_training_stage_resumes_its_run(tmp_path, monkeypatch):
+    """A rerun stage continues the run its crashed attempt left (same kind, config, dataset) instead of refusing it."""
+
+    class Training(Exception):
+        pass
+
+    def make_job(config, kind, fingerprint, **extra):
+        raise Training(kind)
+
+    monkeypatch.setattr(training.versions, "fingerprint", lambda path: "fp")
+    monkeypatch.setattr(training, "make_job", make_job)
+    rc = round_job.RoundConfig(value_config="value_tiny", policy_config="pi06_tiny")
+    for kind, config in (("value", "value_tiny"), ("policy", "pi06_tiny")):
+        run_record.start(tmp_path / kind, "crashed", kind=kind, config=config, dataset="/d", dataset_fingerprint="fp")
+        with pytest.raises(Training, match=kind):  # past the run-directory check, into training
+            round_job.train_stage(kind, rc, "/d", tmp_path / kind, None)
+    other = dataclasses.replace(rc, value_config="value")
+    with pytest.raises(ValueError, match="cannot resume, the run differs: config was 'value_tiny', now 'value'"):
+        round_job.train_stage("value", other, "/d", tmp_path / "value", None)
+
+
+def test_rerun_data_and_collect_stages_start_from_their_inputs(tmp_path, monkeypatch, tiny_datasets):
+    """Outputs an unfinished attempt published are replaced, not refused and not reused."""
+    a, b = tiny_datasets
+    out = tmp_path / "round"
+    out.mkdir()
+    shutil.copytree(b, out / "data_merged")  # left by an attempt that crashed after its merge (here: other data)
+    rc = round_job.RoundConfig(sources=(str(a), str(b)), collect_rollouts=1, task=TASK)
+    merged = round_job.data_stage(rc, out)["outputs"]["dataset"]
+    assert merged == str(out / "data_merged") and _episodes(merged) == 3
+
+    @contextlib.contextmanager
+    def served(rc, checkpoint, name):
+        yield "ws://unused"
+
+    monkeypatch.setattr(round_job, "served", served)
+    monkeypatch.setattr(collect, "main", lambda config: collect.record(policies.Random(seed=1), config, config.output))
+    shutil.copytree(b, out / "rollouts")  # collected, then the merge crashed
+    shutil.copytree(b, out / "data_collected")
+    outputs = round_job.collect_stage(rc, str(a), "/ckpt/sft", out)["outputs"]
+    assert _episodes(outputs["rollouts"]) == 1 and _episodes(outputs["dataset"]) == 3
+    with dataset.open(outputs["rollouts"]) as ds:
+        assert ds.meta.episodes[0].extra["kind"] == "policy_rollout"
+
+
+def test_next_round_builds_on_the_previous_rounds_collected_data_and_policy(tmp_path, monkeypatch, tiny_datasets):
+    a, b = tiny_datasets
+    prev = manifest.Manifest(tmp_path / "r1", {})
+    prev.run("data", {}, "merge + prepare", lambda: {"outputs": {"dataset": str(b)}})
+    prev.run("collect", {}, "collect", lambda: {"outputs": {"dataset": str(a)}})  # b plus the collected rollouts
+
+    def crash():
+        raise RuntimeError("policy crashed")
+
+    with pytest.raises(RuntimeError):
+        prev.run("policy", {}, "train", crash)
+    rc = round_job.RoundConfig(previous_round=str(tmp_path / "r1"), skip_value=True)
+    assert round_job.data_stage(rc, tmp_path / "r2")["outputs"]["dataset"] == str(a)
+    fake = _FakeStages(monkeypatch, tmp_path)
+    with pytest.raises(ValueError, match=r"r1: its 'policy' stage is failed, not done; finish that round first"):
+        round_job.run_round(rc, tmp_path / "r2")
+    assert fake.calls == []  # refused before any stage ran
+    with pytest.raises(FileNotFoundError, match=r"nowhere: no round.json, not a round directory"):
+        round_job.run_round(dataclasses.replace(rc, previous_round=str(tmp_path / "nowhere")), tmp_path / "r3")
