@@ -6,6 +6,7 @@ here in a second, with the same special ids (pad 0, eos 1, bos 2, unk 3).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 CORPUS = """\
@@ -19,7 +20,10 @@ the robot passes the object from the left gripper to the right gripper
 
 
 def tokenizer(path_prefix: Path, vocab_size: int = 400) -> Path:
-    """Train (once) a tiny BPE sentencepiece model at `path_prefix`.model; returns its path."""
+    """Train (once) a tiny BPE sentencepiece model at `path_prefix`.model; returns its path.
+
+    Trained under a temporary prefix and renamed into place, so an interrupted run leaves no half file to reuse.
+    """
     import sentencepiece as spm
 
     model = path_prefix.with_suffix(".model")
@@ -28,9 +32,15 @@ def tokenizer(path_prefix: Path, vocab_size: int = 400) -> Path:
     path_prefix.parent.mkdir(parents=True, exist_ok=True)
     corpus = path_prefix.with_suffix(".txt")
     corpus.write_text(CORPUS)
-    spm.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(path_prefix), vocab_size=vocab_size, model_type="bpe",
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3, byte_fallback=True, character_coverage=1.0, num_threads=1,
-        minloglevel=2,
-    )  # fmt: skip
+    staging = path_prefix.with_name(f"{path_prefix.name}.tmp{os.getpid()}")
+    try:
+        spm.SentencePieceTrainer.train(
+            input=str(corpus), model_prefix=str(staging), vocab_size=vocab_size, model_type="bpe",
+            pad_id=0, eos_id=1, bos_id=2, unk_id=3, byte_fallback=True, character_coverage=1.0, num_threads=1,
+            minloglevel=2,
+        )  # fmt: skip
+        staging.with_name(staging.name + ".model").replace(model)
+    finally:
+        for leftover in (".model", ".vocab"):
+            staging.with_name(staging.name + leftover).unlink(missing_ok=True)
     return model

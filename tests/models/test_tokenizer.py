@@ -95,3 +95,23 @@ def test_truncation_and_pi0_form(sentencepiece_model, sp, caplog):
     want = [2] + sp.encode("fold the towel") + sp.encode("\n")
     np.testing.assert_array_equal(tokens[: len(want)], want)
     assert mask.sum() == len(want)
+
+
+def test_demo_tokenizer_interrupted_leaves_nothing_to_reuse(tmp_path, monkeypatch):
+    """A training run killed half-way must not leave a `.model` that the next call would take as trained."""
+    from recap_ray import demo_assets
+
+    real_train = sentencepiece.SentencePieceTrainer.train
+
+    def dies_half_way(**kwargs):
+        with open(kwargs["model_prefix"] + ".model", "wb") as f:
+            f.write(b"\x0a\x03half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sentencepiece.SentencePieceTrainer, "train", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        demo_assets.tokenizer(tmp_path / "tok")
+    assert not (tmp_path / "tok.model").exists()
+    monkeypatch.setattr(sentencepiece.SentencePieceTrainer, "train", real_train)
+    model = demo_assets.tokenizer(tmp_path / "tok")
+    assert sentencepiece.SentencePieceProcessor(model_file=str(model)).piece_to_id("<unk>") == 3
