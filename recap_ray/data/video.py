@@ -12,13 +12,13 @@ import fractions
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 
 DEFAULT_CODEC = "libx264"
 DEFAULT_TOLERANCE_S = 1e-4
-_CODEC_NAMES = {"libx264": "h264", "h264": "h264", "libsvtav1": "av1", "libaom-av1": "av1", "hevc": "hevc", "libx265": "hevc"}
 
 
 class VideoError(ValueError):
@@ -89,7 +89,7 @@ def probe(path: Path) -> dict:
         return {
             "video.height": ctx.height,
             "video.width": ctx.width,
-            "video.codec": _CODEC_NAMES.get(ctx.name, ctx.name),
+            "video.codec": ctx.codec.canonical_name,  # "av1" whichever decoder (libdav1d) opened it
             "video.pix_fmt": ctx.pix_fmt,
             "video.is_depth_map": False,
             "video.fps": int(round(float(stream.average_rate or stream.guessed_rate))),
@@ -118,6 +118,12 @@ def frame_times(path: Path) -> np.ndarray:
         return np.sort(np.asarray(pts, np.int64)) * float(stream.time_base)
 
 
+def _signature(stream: av.video.stream.VideoStream) -> tuple[Any, ...]:
+    """What must match for packets of one stream to be remuxed into a file made from another."""
+    ctx = stream.codec_context
+    return ctx.name, ctx.width, ctx.height, ctx.pix_fmt, bytes(ctx.extradata or b""), stream.time_base
+
+
 class Concatenator:
     """Append whole episode files or segments to one mp4 by remuxing packets (no re-encode)."""
 
@@ -127,7 +133,9 @@ class Concatenator:
         self._stream = None
         self._extradata: bytes | None = None
         self._offset = 0  # in the output stream's time base units
+        self._bytes = 0  # of the packets muxed so far
         self._time_base: fractions.Fraction | None = None
+        self._signature: tuple[Any, ...] | None = None  # of the stream the file was made from
 
     @property
     def seconds(self) -> float:
@@ -135,30 +143,24 @@ class Concatenator:
         return float(self._offset * self._time_base) if self._time_base else 0.0
 
     def size_bytes(self) -> int:
-        return self.path.stat().st_size if self.path.exists() else 0
+        """Bytes of video data muxed so far (the file on disk lags behind by the muxer's buffer)."""
+        return self._bytes
 
     def compatible(self, src: Path) -> bool:
         """Whether `src` can be remuxed into this file (same codec parameters)."""
         if self._container is None:
             return True
         with _open(src) as container:
-            ctx = container.streams.video[0].codec_context
-            return (ctx.name, ctx.width, ctx.height, ctx.pix_fmt, bytes(ctx.extradata or b"")) == self._signature
+            return _signature(container.streams.video[0]) == self._signature
 
     def append(self, src: Path, from_s: float = 0.0, to_s: float | None = None) -> tuple[float, float]:
         """Copy the packets of `src` with pts in [from_s, to_s); returns the span in this file."""
         with _open(src) as inp:
             ist = inp.streams.video[0]
             tb = ist.time_base
-            if self._container is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._container = av.open(str(self.path), "w")
-                self._stream = self._container.add_stream_from_template(ist, opaque=True)
-                self._time_base = tb
-                ctx = ist.codec_context
-                self._signature = (ctx.name, ctx.width, ctx.height, ctx.pix_fmt, bytes(ctx.extradata or b""))
-            if tb != self._time_base:
-                raise VideoError(f"{src}: time base {tb} differs from {self._time_base} of {self.path}")
+            if self._container is not None and _signature(ist) != self._signature:
+                raise VideoError(f"{src}: codec, size, pixel format or time base differ from {self.path}'s; "
+                                 "its packets cannot be remuxed into that file")  # fmt: skip
             lo = int(round(from_s / tb))
             hi = None if to_s is None else int(round(to_s / tb))
             slack = max(1, int(DEFAULT_TOLERANCE_S / tb))
@@ -175,11 +177,14 @@ class Concatenator:
                     continue
                 if first and not packet.is_keyframe:
                     raise VideoError(f"{src}: segment at {from_s:.4f}s does not start on a keyframe")
+                if self._container is None:  # opened at the first packet: a refused segment leaves no file
+                    self._open_output(ist)
                 first = False
                 end = max(end, packet.pts + shift + (packet.duration or 0))
                 packet.pts += shift
                 packet.dts = (packet.dts + shift) if packet.dts is not None else packet.pts
                 packet.stream = self._stream
+                self._bytes += packet.size
                 self._container.mux(packet)
             if first:
                 raise VideoError(f"{src}: no frames in [{from_s}, {to_s})")
@@ -191,6 +196,13 @@ class Concatenator:
                 )
             self._offset = span_end
         return float(start * self._time_base), float(span_end * self._time_base)
+
+    def _open_output(self, template: av.video.stream.VideoStream) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._container = av.open(str(self.path), "w")
+        self._stream = self._container.add_stream_from_template(template, opaque=True)
+        self._time_base = template.time_base
+        self._signature = _signature(template)
 
     def close(self) -> None:
         if self._container is not None:
@@ -209,21 +221,22 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def cut(src: Path, from_s: float, to_s: float, dst: Path, fps: int, codec: str = DEFAULT_CODEC) -> None:
-    """Write [from_s, to_s) of `src` as its own file starting at pts 0.
+def starts_on_keyframe(src: Path, from_s: float) -> bool:
+    """Whether the first packet at or after `from_s` is a keyframe: the segment can then be remuxed."""
+    with _open(src) as inp:
+        ist = inp.streams.video[0]
+        lo = int(round(from_s / ist.time_base))
+        slack = max(1, int(DEFAULT_TOLERANCE_S / ist.time_base))
+        if lo > 0:
+            inp.seek(lo, stream=ist, backward=True, any_frame=False)
+        for packet in inp.demux(ist):
+            if packet.pts is not None and packet.pts >= lo - slack:
+                return bool(packet.is_keyframe)
+    return False
 
-    Remuxes when the span starts on a keyframe; otherwise decodes and re-encodes the span.
-    """
-    concat = Concatenator(dst)
-    try:
-        concat.append(src, from_s, to_s)
-        concat.close()
-        return
-    except VideoError as err:
-        concat.close()
-        if "keyframe" not in str(err):
-            raise
-        dst.unlink(missing_ok=True)
+
+def reencode(src: Path, from_s: float, to_s: float, dst: Path, fps: int, codec: str = DEFAULT_CODEC) -> None:
+    """Decode [from_s, to_s) of `src` and encode it as its own file starting at pts 0."""
     n = int(round((to_s - from_s) * fps))
     reader = VideoReader(src)
     try:
@@ -231,6 +244,19 @@ def cut(src: Path, from_s: float, to_s: float, dst: Path, fps: int, codec: str =
     finally:
         reader.close()
     encode(dst, frames, fps, codec)
+
+
+def cut(src: Path, from_s: float, to_s: float, dst: Path, fps: int, codec: str = DEFAULT_CODEC) -> None:
+    """Write [from_s, to_s) of `src` as its own file starting at pts 0: remuxed when the span starts on a
+    keyframe, else decoded and re-encoded."""
+    if not starts_on_keyframe(src, from_s):
+        reencode(src, from_s, to_s, dst, fps, codec)
+        return
+    concat = Concatenator(dst)
+    try:
+        concat.append(src, from_s, to_s)
+    finally:
+        concat.close()
 
 
 class VideoReader:

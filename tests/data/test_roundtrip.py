@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recap_ray.data import convert, dataset, features, meta, video
+from recap_ray.data import convert, dataset, features, lerobot_v3, meta, validate, video, writer
 from tests.data.conftest import CAMERAS, episode_columns, frames, make_dataset, tree_digest
 
 
@@ -104,3 +104,45 @@ def test_convert_names_the_file_and_episode_of_a_bad_table(tmp_path, corrupt, me
     with pytest.raises(features.FeatureError, match=r"episode_000001\.parquet, episode 1: " + message):
         convert.convert(src, tmp_path / "out", "v3.0")
     assert not (tmp_path / "out").exists()
+
+
+def _reencode_as_one_av1_stream(root):
+    """Rewrite each camera's shared v3.0 file as one AV1 encode with a single keyframe: later episodes
+    start mid-GOP (a source written by another tool), in another codec than the writer's."""
+    with dataset.open(root) as ds:
+        for cam in CAMERAS:
+            path = ds.video_segment(0, cam).path
+            every = np.concatenate([ds.frames(e, cam, np.arange(ds.meta.episode(e).length)) for e in range(ds.num_episodes)])
+            video.encode(path, every, ds.fps, "libsvtav1", gop=1000)
+
+
+@pytest.mark.parametrize("to", ["v3.0", "v2.1"])
+def test_convert_reencodes_segments_that_start_mid_gop_into_files_of_their_codec(tmp_path, to):
+    """Segments that cannot be remuxed are re-encoded with the writer's codec (h264); in v3.0 they must not be
+    remuxed into a file made from the AV1 source (that published undecodable episodes)."""
+    src = make_dataset(tmp_path / "src", "v3.0", lengths=(12, 15, 9))
+    _reencode_as_one_av1_stream(src)
+    out = convert.convert(src, tmp_path / "out", to)
+    assert not validate.validate(out)
+    with dataset.open(src) as a, dataset.open(out) as b:
+        for cam in CAMERAS:
+            codecs = set()
+            for e in range(3):
+                n = a.meta.episode(e).length
+                theirs, ours = a.frames(e, cam, np.arange(n)), b.frames(e, cam, np.arange(n))
+                assert np.abs(theirs.astype(int) - ours.astype(int)).mean() < 4, (cam, e)  # one lossy re-encode
+                codecs.add(video.probe(b.video_segment(e, cam).path)["video.codec"])
+            assert codecs == {"av1", "h264"}  # episode 0 remuxed, the others re-encoded
+
+
+@pytest.mark.parametrize(("limit", "files"), [(1.3, {"file-000.mp4"}), (0.6, {"file-000.mp4", "file-001.mp4"})])
+def test_v3_video_files_fill_by_segment_size_not_source_file_size(tmp_path, monkeypatch, limit, files):
+    """Six equal episodes of one shared source file of S bytes: an output file limit of 1.3 S holds them all (the
+    whole source file was counted for each), one of 0.6 S takes half of them (bytes muxed, not on disk yet, count)."""
+    src = make_dataset(tmp_path / "src", "v3.0", lengths=(10,) * 6)
+    with dataset.open(src) as ds:
+        size = ds.video_segment(0, CAMERAS[0]).path.stat().st_size
+    monkeypatch.setattr(writer, "_MB", int(limit * size / lerobot_v3.VIDEO_FILES_SIZE_MB))
+    out = convert.convert(src, tmp_path / "out", "v3.0")
+    with dataset.open(out) as ds:
+        assert {ds.video_segment(e, CAMERAS[0]).path.name for e in range(6)} == files
