@@ -108,29 +108,37 @@ def derive(
     staging.mkdir(parents=True)
     for src in sorted((parent / "videos").rglob("*.mp4")) if (parent / "videos").exists() else []:
         video.link_or_copy(src, staging / src.relative_to(parent))
-    files: dict[str, list[pa.Table]] = {}
-    for ep in m.episodes:
-        rel = ds.layout.data_file(m, ep.index)
-        where = f"{parent / rel}, episode {ep.index}"
-        table = transform(ep.index, ds.episode_table(ep.index), ep)
-        if table.num_rows != ep.length:
-            raise ValueError(f"{where}: transform returned {table.num_rows} rows for {ep.length} frames")
-        table = feats.conform_table(table, m.features, where)
-        for key, spec in m.features.items():
-            if spec["dtype"] not in ("image", "video", "string"):
-                ep.stats[key] = stats_mod.numeric_stats(feats.column_to_numpy(table.column(key)), m.version == meta_mod.V30)
-            elif spec["dtype"] == "string":
-                ep.stats.pop(key, None)
-        if episode_meta is not None:
-            episode_meta(ep)
-        files.setdefault(rel, []).append(table)
     schema = feats.arrow_schema(m.features)
-    for rel, tables in files.items():
-        path = staging / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with pq.ParquetWriter(path, schema, compression="snappy") as out:
-            for t in tables:
-                out.write_table(t, row_group_size=max(t.num_rows, 1))
+    written: set[str] = set()  # data files closed so far: each is written in one go, episode by episode
+    out: pq.ParquetWriter | None = None
+    current: str | None = None  # the data file `out` writes
+    try:
+        for ep in m.episodes:
+            rel = ds.layout.data_file(m, ep.index)
+            where = f"{parent / rel}, episode {ep.index}"
+            table = transform(ep.index, ds.episode_table(ep.index), ep)
+            if table.num_rows != ep.length:
+                raise ValueError(f"{where}: transform returned {table.num_rows} rows for {ep.length} frames")
+            table = feats.conform_table(table, m.features, where)
+            for key, spec in m.features.items():
+                if spec["dtype"] not in ("image", "video", "string"):
+                    ep.stats[key] = stats_mod.numeric_stats(feats.column_to_numpy(table.column(key)), m.version == meta_mod.V30)
+                elif spec["dtype"] == "string":
+                    ep.stats.pop(key, None)
+            if episode_meta is not None:
+                episode_meta(ep)
+            if rel != current:
+                if out is not None:
+                    out.close()
+                if rel in written:
+                    raise ValueError(f"{where}: the episodes of {rel} are not contiguous; cannot stream it")
+                written.add(rel)
+                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                out, current = pq.ParquetWriter(staging / rel, schema, compression="snappy"), rel
+            out.write_table(table, row_group_size=max(table.num_rows, 1))  # one episode in memory at a time
+    finally:
+        if out is not None:
+            out.close()
     m.stats = stats_mod.aggregate_features([e.stats for e in m.episodes])
     ds.layout.write_meta(staging, m)
     ds.close()
