@@ -163,7 +163,7 @@ def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_
             stop = ctx.should_stop()
             if done % save_interval == 0 or done == num_steps or stop:
                 save(done)
-            if stop:
+            if stop and done < num_steps:  # a notice at the last step: the run is finished, not preempted
                 mngr.wait_until_finished()
                 if lead:
                     run_record.update(job.run_dir, step=done, status="preempted", checkpoints=list(mngr.all_steps()))

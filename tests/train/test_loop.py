@@ -76,6 +76,14 @@ def test_preempted_then_resumed_equals_uninterrupted(tmp_path, train_dataset, se
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
+def test_notice_at_the_last_step_finishes_the_run(tmp_path, train_dataset, sentencepiece_model):
+    """A preemption notice that arrives with the last step: the run is complete, so no restart is asked for."""
+    job = _job(tmp_path, train_dataset, sentencepiece_model, num_steps=2, save_interval=10)
+    loop.train(job, loop.WorkerContext(should_stop=iter([False, True]).__next__))  # the notice comes at step 2
+    record = run_record.read(job.run_dir)
+    assert (record["status"], record["step"], record["checkpoints"]) == ("finished", 2, [2])
+
+
 def test_policy_checkpoint_is_openpi_layout_with_assets(tmp_path, train_dataset, sentencepiece_model):
     job = _job(tmp_path, train_dataset, sentencepiece_model, kind="policy", num_steps=2, save_interval=2)
     loop.train(job)
