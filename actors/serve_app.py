@@ -109,7 +109,8 @@ class Ingress:
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
                     return
-                obs = protocol.validate(protocol.decode(message.get("bytes", message.get("text")), spec), spec)
+                data = message.get("bytes")  # ASGI: either key may be absent or None
+                obs = protocol.validate(protocol.decode(message.get("text") if data is None else data, spec), spec)
                 infer_start = time.monotonic()
                 answer = await self.model.infer.remote(obs)
                 answer["server_timing"] = {"infer_ms": (time.monotonic() - infer_start) * 1000}

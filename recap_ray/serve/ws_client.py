@@ -62,6 +62,9 @@ class WebsocketClientPolicy:
             reply = self._ws.recv(timeout=self.reply_timeout_s)
         except ConnectionClosed as err:
             raise ConnectionError(f"{self.uri}: connection closed: {err}") from err
+        except TimeoutError as err:
+            self.close()  # the late reply would be read as the next request's answer
+            raise TimeoutError(f"{self.uri}: no reply in {self.reply_timeout_s} s; connection closed") from err
         if isinstance(reply, str):
             raise RuntimeError(f"Error in inference server:\n{reply}")
         out = msgpack_numpy.unpackb(reply)

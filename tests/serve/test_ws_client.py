@@ -1,6 +1,7 @@
 """The websocket client policy against a small openpi-style server on 127.0.0.1."""
 
 import threading
+import time
 import traceback
 
 import numpy as np
@@ -90,6 +91,24 @@ def test_server_error_raises_with_traceback():
         with pytest.raises(ConnectionError, match="1011"):
             client({"state": np.zeros(14, np.float32)})
         client.close()
+
+
+def test_a_late_reply_never_answers_the_next_request():
+    def slow_first(request):
+        if request["i"] == 0:
+            time.sleep(0.5)
+        return {"i": request["i"]}
+
+    with _Server(slow_first) as server:
+        with ws_client.WebsocketClientPolicy(f"ws://127.0.0.1:{server.port}", reply_timeout_s=0.2) as client:
+            with pytest.raises(TimeoutError):
+                client({"i": 0})
+            time.sleep(0.5)  # the late reply to request 0 has arrived by now
+            try:
+                reply = client({"i": 1})
+            except ConnectionError:
+                return
+            assert reply == {"i": 1}
 
 
 def test_refused_connection_is_a_clear_error():
