@@ -66,6 +66,7 @@ class DatasetWriter:
         self._data_file: tuple[int, int] = (0, 0)
         self._data_writer: pq.ParquetWriter | None = None
         self._videos: dict[str, tuple[tuple[int, int], video.Concatenator]] = {}
+        self._durations: dict[Path, float] = {}  # of source video files (v3.0 sources share one across episodes)
         self._done = False
 
     @property
@@ -256,7 +257,9 @@ class DatasetWriter:
             index, concat = current
             nbytes = incoming.stat().st_size
             if to_s is not None:
-                nbytes = int(nbytes * min(1.0, (to_s - from_s) / max(video.duration_s(incoming), 1e-9)))
+                if incoming not in self._durations:
+                    self._durations[incoming] = video.duration_s(incoming)
+                nbytes = int(nbytes * min(1.0, (to_s - from_s) / max(self._durations[incoming], 1e-9)))
             full = concat.size_bytes() + nbytes >= self._video_mb * _MB
             if not full and concat.compatible(incoming):
                 return current
