@@ -65,10 +65,10 @@ def _open(root: str) -> dataset_mod.Dataset:
     global _opened
     info = os.stat(os.path.join(root, "meta", "info.json"))
     key = (root, info.st_ino, info.st_mtime_ns)
-    if _opened is None or _opened[0] != key:
-        if _opened is not None:
-            _opened[1].close()  # its video readers
+    if _opened is not None and _opened[0] != key:
+        _opened[1].close()  # its video readers
         _opened = None
+    if _opened is None:
         _opened = (key, dataset_mod.open(root))
     return _opened[1]
 

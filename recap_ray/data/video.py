@@ -146,12 +146,9 @@ class Concatenator:
         """Bytes of video data muxed so far (the file on disk lags behind by the muxer's buffer)."""
         return self._bytes
 
-    def compatible(self, src: Path) -> bool:
-        """Whether `src` can be remuxed into this file (same codec parameters)."""
-        if self._container is None:
-            return True
-        with _open(src) as container:
-            return _signature(container.streams.video[0]) == self._signature
+    def accepts(self, signature: tuple[Any, ...]) -> bool:
+        """Whether a stream of this `signature` (`remux_info`) can be remuxed into this file."""
+        return self._container is None or signature == self._signature
 
     def append(self, src: Path, from_s: float = 0.0, to_s: float | None = None) -> tuple[float, float]:
         """Copy the packets of `src` with pts in [from_s, to_s); returns the span in this file."""
@@ -221,18 +218,17 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def starts_on_keyframe(src: Path, from_s: float) -> bool:
-    """Whether the first packet at or after `from_s` is a keyframe: the segment can then be remuxed."""
+def remux_info(src: Path, from_s: float = 0.0) -> tuple[tuple[Any, ...], bool]:
+    """In one open: the video stream's signature (what a file it is remuxed into must share) and whether its first
+    packet at or after `from_s` is a keyframe (else the segment cannot be remuxed, only re-encoded)."""
     with _open(src) as inp:
         ist = inp.streams.video[0]
         lo = int(round(from_s / ist.time_base))
         slack = max(1, int(DEFAULT_TOLERANCE_S / ist.time_base))
         if lo > 0:
             inp.seek(lo, stream=ist, backward=True, any_frame=False)
-        for packet in inp.demux(ist):
-            if packet.pts is not None and packet.pts >= lo - slack:
-                return bool(packet.is_keyframe)
-    return False
+        keyframe = next((bool(p.is_keyframe) for p in inp.demux(ist) if p.pts is not None and p.pts >= lo - slack), False)
+        return _signature(ist), keyframe
 
 
 def reencode(src: Path, from_s: float, to_s: float, dst: Path, fps: int, codec: str = DEFAULT_CODEC) -> None:
@@ -249,7 +245,7 @@ def reencode(src: Path, from_s: float, to_s: float, dst: Path, fps: int, codec: 
 def cut(src: Path, from_s: float, to_s: float, dst: Path, fps: int, codec: str = DEFAULT_CODEC) -> None:
     """Write [from_s, to_s) of `src` as its own file starting at pts 0: remuxed when the span starts on a
     keyframe, else decoded and re-encoded."""
-    if not starts_on_keyframe(src, from_s):
+    if not remux_info(src, from_s)[1]:
         reencode(src, from_s, to_s, dst, fps, codec)
         return
     concat = Concatenator(dst)

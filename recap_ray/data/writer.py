@@ -238,20 +238,22 @@ class DatasetWriter:
             else:
                 path, from_s, to_s = tmp / f"{key}.mp4", 0.0, None
                 video.encode(path, src, self.fps, self.codec)
-            if to_s is not None and not video.starts_on_keyframe(path, from_s):  # re-encoded with our codec
+            signature, keyframe = video.remux_info(path, from_s)
+            if to_s is not None and not keyframe:  # re-encoded with our codec, which may need a file of its own
                 recut = tmp / f"{key}.recut.mp4"
                 video.reencode(path, from_s, to_s, recut, self.fps, self.codec)
                 path, from_s, to_s = recut, 0.0, None
-            (chunk_file, concat) = self._video_file(key, path, from_s, to_s)
+                signature = video.remux_info(path)[0]
+            (chunk_file, concat) = self._video_file(key, path, signature, from_s, to_s)
             span = concat.append(path, from_s, to_s)
             loc[f"videos/{key}/chunk_index"], loc[f"videos/{key}/file_index"] = chunk_file
             loc[f"videos/{key}/from_timestamp"], loc[f"videos/{key}/to_timestamp"] = span
         shutil.rmtree(tmp, ignore_errors=True)
 
-    def _video_file(self, key: str, incoming: Path, from_s: float = 0.0,
-                    to_s: float | None = None) -> tuple[tuple[int, int], video.Concatenator]:  # fmt: skip
+    def _video_file(self, key: str, incoming: Path, signature: tuple[Any, ...], from_s: float,
+                    to_s: float | None) -> tuple[tuple[int, int], video.Concatenator]:  # fmt: skip
         """The open mp4 for `key`, rotated when the segment [from_s, to_s) of `incoming` would fill it
-        (its bytes estimated pro rata from the file's) or when `incoming` cannot be remuxed into it."""
+        (its bytes estimated pro rata from the file's) or when `incoming` (of `signature`) cannot be remuxed into it."""
         current = self._videos.get(key)
         if current is not None:
             index, concat = current
@@ -261,7 +263,7 @@ class DatasetWriter:
                     self._durations[incoming] = video.duration_s(incoming)
                 nbytes = int(nbytes * min(1.0, (to_s - from_s) / max(self._durations[incoming], 1e-9)))
             full = concat.size_bytes() + nbytes >= self._video_mb * _MB
-            if not full and concat.compatible(incoming):
+            if not full and concat.accepts(signature):
                 return current
             concat.close()
             index = lerobot_v3.next_file(*index)
