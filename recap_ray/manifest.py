@@ -1,21 +1,51 @@
 """round.json: the record of one RECAP round, stage by stage, so a crashed round resumes.
 
 {"round": DIR, "config": {...}, "stages": {name: {status, inputs, outputs, checkpoints, command,
-started, finished, seconds, metrics, error}}}. A stage is `done` only after its outputs exist; a
-rerun skips done stages and reruns the rest. Writes are atomic (temp file + rename).
+started, finished, seconds, metrics, error, inputs_id}}}. A stage is `done` while its outputs exist
+and its inputs are what it ran on (`inputs_id`: a dataset by content fingerprint, a training run by
+its session and step); a rerun skips done stages and reruns the rest, so a rebuilt input reruns
+every stage downstream of it. Writes are atomic (temp file + rename).
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from recap_ray.data import versions
+from recap_ray.models import checkpoints
+from recap_ray.train import run_record
+
+logger = logging.getLogger(__name__)
+
 FILE = "round.json"
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+
+
+def inputs_id(value: Any) -> Any:
+    """`value` with each local path it names replaced by what identifies the content there.
+
+    A dataset directory (meta/info.json) by its content fingerprint, a training run directory (run.json) by its
+    session and last step (a retrained run has a new session); anything else as it is.
+    """
+    if isinstance(value, dict):
+        return {k: inputs_id(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [inputs_id(v) for v in value]
+    if isinstance(value, str) and "://" not in value:
+        path = Path(value)
+        if (path / "meta" / "info.json").is_file():
+            return {"dataset": value, "fingerprint": versions.fingerprint(path)}
+        if (path / checkpoints.RUN_FILE).is_file():
+            record = run_record.read(path)
+            return {"run": value, "session": record.get("session"), "step": record.get("step")}
+    return value
 
 
 def _now() -> str:
@@ -26,7 +56,7 @@ class Manifest:
     """The round directory's round.json, updated as stages run."""
 
     def __init__(self, round_dir: str | Path, config: dict[str, Any]):
-        config = json.loads(json.dumps(config, default=str))  # as stored: tuples become lists
+        config = _stored(config)
         self.dir = Path(round_dir)
         self.path = self.dir / FILE
         self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.is_file() else {}
@@ -48,16 +78,25 @@ class Manifest:
     def stage(self, name: str) -> dict[str, Any]:
         return self.data["stages"].get(name, {"status": PENDING})
 
-    def done(self, name: str) -> bool:
-        """Finished, and every output it recorded still exists."""
+    def done(self, name: str, inputs: dict[str, Any]) -> bool:
+        """Finished on these `inputs` (same content as then), and every output it recorded still exists."""
         entry = self.stage(name)
-        return entry["status"] == DONE and all(Path(p).exists() for p in entry.get("outputs", {}).values())
+        return (entry["status"] == DONE and all(Path(p).exists() for p in entry.get("outputs", {}).values())
+                and entry.get("inputs_id") == _stored(inputs_id(inputs)))  # fmt: skip
 
     def run(self, name: str, inputs: dict[str, Any], command: str, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Run `body` unless the stage is done; body returns {"outputs": {...}, "metrics": {...}, "checkpoints": [...]}."""
-        if self.done(name):
+        """Run `body` unless the stage is done; body returns {"outputs": {...}, "metrics": {...}, "checkpoints": [...]}.
+
+        A stage done before but no longer (an input rebuilt, an output deleted) starts afresh: the outputs it
+        recorded inside the round directory are removed first (a training stage would otherwise resume its
+        finished run); outputs elsewhere (a source dataset) are never touched.
+        """
+        if self.done(name, inputs):
             return self.stage(name)
-        entry = {"status": RUNNING, "inputs": inputs, "command": command, "started": _now()}
+        if self.stage(name)["status"] == DONE:
+            self._remove_outputs(name)
+        entry = {"status": RUNNING, "inputs": inputs, "command": command, "started": _now(),
+                 "inputs_id": _stored(inputs_id(inputs))}  # fmt: skip
         self.data["stages"][name] = entry
         self.save()
         start = time.perf_counter()
@@ -71,3 +110,16 @@ class Manifest:
         entry.pop("error", None)
         self.save()
         return entry
+
+    def _remove_outputs(self, name: str) -> None:
+        root = self.dir.resolve()
+        for output in self.stage(name).get("outputs", {}).values():
+            path = Path(output)
+            if path.exists() and path.resolve().is_relative_to(root) and path.resolve() != root:
+                logger.warning("stage %s: its input changed or an output is gone; removing %s to run it afresh", name, path)
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _stored(value: Any) -> Any:
+    """`value` as round.json holds it (tuples become lists)."""
+    return json.loads(json.dumps(value, default=str))

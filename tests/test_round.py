@@ -63,7 +63,55 @@ def test_crashed_round_resumes_from_the_failed_stage(tmp_path):
     assert again.stage("value")["status"] == "done" and again.stage("value")["command"] == "cmd value"
 
     (tmp_path / "data").rmdir()  # a done stage whose output vanished runs again
-    assert not again.done("data")
+    assert not again.done("data", {})
+
+
+def test_a_rebuilt_input_reruns_every_stage_downstream_of_it(tmp_path, tiny_datasets):
+    """Stages are done on the content they ran on: a dataset rebuilt the same keeps them, other content or a
+    retrained run reruns them, and a rerun training stage starts a fresh run (its old run directory removed)."""
+    a, b = tiny_datasets
+    round_dir, calls = tmp_path / "round", []
+    data, value, relabeled = round_dir / "data", round_dir / "value", round_dir / "relabeled"
+
+    def data_body(source):
+        def body():
+            calls.append("data")
+            shutil.copytree(source, data)
+            return {"outputs": {"dataset": str(data)}}
+
+        return body
+
+    def value_body():
+        calls.append("value")
+        assert not value.exists(), "a rerun training stage must not resume the run it finished before"
+        run_record.start(value, f"session{len(calls)}", kind="value")
+        run_record.update(value, step=10)
+        return {"outputs": {"run_dir": str(value)}}
+
+    def relabel_body():
+        calls.append("relabel")
+        relabeled.mkdir(exist_ok=True)
+        return {"outputs": {"dataset": str(relabeled)}}
+
+    def run_all(source):
+        m = manifest.Manifest(round_dir, {})
+        m.run("data", {"sources": [str(source)]}, "prepare", data_body(source))
+        m.run("value", {"dataset": str(data)}, "train", value_body)
+        m.run("relabel", {"dataset": str(data), "value_ckpt": str(value)}, "relabel", relabel_body)
+
+    run_all(a)
+    run_all(a)
+    assert calls == ["data", "value", "relabel"]  # all done
+    shutil.rmtree(data)
+    run_all(a)  # rebuilt with the same content: what was trained on it still holds
+    assert calls == ["data", "value", "relabel", "data"]
+    shutil.rmtree(data)  # rebuilt with other content (a source replaced under the same name, say)
+    shutil.copytree(b, tmp_path / "src")
+    run_all(tmp_path / "src")
+    assert calls == ["data", "value", "relabel", "data", "data", "value", "relabel"]
+    record = json.loads((round_dir / manifest.FILE).read_text())["stages"]
+    assert record["relabel"]["inputs_id"]["value_ckpt"] == {"run": str(value), "session": "session6", "step": 10}
+    assert (a / "meta" / "info.json").is_file() and (tmp_path / "src" / "meta" / "info.json").is_file()  # sources untouched
 
 
 def test_round_refuses_a_changed_config(tmp_path):
