@@ -13,9 +13,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from recap_ray.models import pi05_config, tokenizer
+from recap_ray.models import pi05_config, tokenizer, value_preprocess
 
 Sample = dict[str, Any]
 Transform = Callable[[Sample], Sample]
@@ -194,19 +193,6 @@ class InjectDefaultPrompt:
         return data
 
 
-def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """uint8 HWC image scaled (PIL bilinear, aspect kept) to fit, centred on black; no-op at the size."""
-    h, w = image.shape[:2]
-    if (h, w) == (height, width):
-        return image
-    ratio = max(w / width, h / height)
-    rw, rh = int(w / ratio), int(h / ratio)
-    resized = Image.fromarray(image).resize((rw, rh), resample=Image.BILINEAR)
-    canvas = Image.new(resized.mode, (width, height), 0)
-    canvas.paste(resized, (int((width - rw) / 2), int((height - rh) / 2)))
-    return np.asarray(canvas)
-
-
 @dataclasses.dataclass(frozen=True)
 class ResizeImages:
     """Resize-with-pad every image to size x size."""
@@ -214,7 +200,7 @@ class ResizeImages:
     size: int = 224  # output side
 
     def __call__(self, data: Sample) -> Sample:
-        images = {k: resize_with_pad(v, self.size, self.size) for k, v in data["images"].items()}
+        images = {k: value_preprocess.resize_with_pad(v, self.size, self.size) for k, v in data["images"].items()}
         return {**data, "images": images}
 
 

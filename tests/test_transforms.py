@@ -54,6 +54,9 @@ def test_resize_with_pad():
     assert not out[:, :56].any() and not out[:, 168:].any() and (out[:, 57:167] == 200).all()
     same = np.zeros((224, 224, 3), np.uint8)
     assert transforms.ResizeImages(224)({"images": {"a": same}})["images"]["a"] is same
+    sliver = np.full((1, 300, 3), 90, np.uint8)  # scales to 0.75 px high: kept as one row, centred
+    out = transforms.ResizeImages(224)({"images": {"a": sliver}})["images"]["a"]
+    assert out.shape == (224, 224, 3) and (out[111] == 90).all() and out.sum() == 90 * 224 * 3
 
 
 def test_quantile_normalization_by_hand():

@@ -19,7 +19,7 @@ def _resize_with_pad_one(image: np.ndarray, height: int, width: int) -> np.ndarr
     if (cur_h, cur_w) == (height, width):
         return image
     ratio = max(cur_w / width, cur_h / height)
-    new_h, new_w = int(cur_h / ratio), int(cur_w / ratio)
+    new_h, new_w = max(1, int(cur_h / ratio)), max(1, int(cur_w / ratio))  # a sliver stays a 1-pixel line
     resized = Image.fromarray(image).resize((new_w, new_h), resample=Image.BILINEAR)
     canvas = Image.new(resized.mode, (width, height), 0)
     canvas.paste(resized, (max(0, int((width - new_w) / 2)), max(0, int((height - new_h) / 2))))
