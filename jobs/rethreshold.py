@@ -1,8 +1,9 @@
-"""python -m jobs.rethreshold --dataset D --output O [--positive-ratio 0.3 --threshold-scope task|global --lookahead N --compat recap|pistar]
+"""python -m jobs.rethreshold --dataset D --output O [--positive-ratio R --threshold-scope task|global --lookahead N --compat recap|pistar]
 
 Relabel again from the `value` column a relabel stored, without running the model: advantages
 are recomputed (N and the rule may change), thresholds taken again, `adv_ind` rewritten, and O
-published as a new version. N and the rule default to those in D's lineage.
+published as a new version. Each setting left out is the one in D's lineage, so one flag changes
+one thing.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ class Config:
     """A relabelled dataset (has a `value` column); only read."""
     output: Path
     """New dataset version; must not exist."""
-    positive_ratio: float = 0.3
-    """Share of autonomous frames labelled positive (ties go positive)."""
+    positive_ratio: float | None = None
+    """Share of autonomous frames labelled positive (ties go positive); default D's (else 0.3)."""
     threshold_scope: Literal["task", "global"] | None = None
-    """One threshold per task or one global; default per task, global under --compat pistar."""
+    """One threshold per task or one global; default D's when the rule is D's, else the rule's (task; pistar: global)."""
     lookahead: int | None = None
     """N of the N-step advantage; default the one D was relabelled with (else 50)."""
     compat: Literal["recap", "pistar"] | None = None
@@ -53,9 +54,11 @@ def main(config: Config) -> Path:
     parent = (versions.read_lineage(config.dataset) or {}).get("params", {})
     lookahead = config.lookahead if config.lookahead is not None else int(parent.get("lookahead", 50))
     compat = config.compat or parent.get("rule", "recap")
+    ratio = config.positive_ratio if config.positive_ratio is not None else float(parent.get("positive_ratio", 0.3))
+    scope = config.threshold_scope or (parent.get("threshold_scope") if compat == parent.get("rule") else None)
     stop = config.stop_at_intervention
     stop = bool(parent.get("stop_at_intervention", False)) if stop is None else stop
-    labelling = relabel_job.settings(lookahead, config.positive_ratio, compat, config.threshold_scope, stop)
+    labelling = relabel_job.settings(lookahead, ratio, compat, scope, stop)
     with dataset_mod.open(config.dataset) as ds:
         values = relabel_output.stored_values(ds)
     params = {"values_from": str(config.dataset.resolve()), **{k: parent[k] for k in _CARRIED if k in parent}}

@@ -199,10 +199,16 @@ def test_rethreshold_from_stored_values(relabelled, tmp_path):
     assert params["lookahead"] == 4 and params["threshold_scope"] == "global" and params["value_config"] == "value_tiny"
     assert params["stop_at_intervention"] is False
     stop = rethreshold.main(rethreshold.Config(dataset=out, output=tmp_path / "stop", stop_at_intervention=True))
-    expected = relabel.label(episodes, relabel.Settings(lookahead=4, stop_at_intervention=True))
+    expected = relabel.label(episodes, relabel.Settings(lookahead=4, positive_ratio=0.5, scope="global", stop_at_intervention=True))
+    default = relabel.label(episodes, relabel.Settings(lookahead=4, stop_at_intervention=True))
+    assert any(expected.adv_ind[e].tolist() != default.adv_ind[e].tolist() for e in episodes)  # the inherited settings matter
     assert all(_columns(stop, "adv_ind")[e].tolist() == expected.adv_ind[e].tolist() for e in episodes)
-    again = rethreshold.main(rethreshold.Config(dataset=stop, output=tmp_path / "again"))  # inherits the window rule
-    assert versions.read_lineage(again)["params"]["stop_at_intervention"] is True
+    again = rethreshold.main(rethreshold.Config(dataset=stop, output=tmp_path / "again"))  # inherits every setting
+    params = versions.read_lineage(again)["params"]
+    assert (params["stop_at_intervention"], params["positive_ratio"], params["threshold_scope"]) == (True, 0.5, "global")
+    assert versions.read_lineage(relabelled)["params"]["threshold_scope"] == "task"
+    pistar = rethreshold.main(rethreshold.Config(dataset=relabelled, output=tmp_path / "pistar", compat="pistar"))
+    assert versions.read_lineage(pistar)["params"]["threshold_scope"] == "global"  # another rule: that rule's default
 
 
 def test_one_compile_per_actor(inputs):
