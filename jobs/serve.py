@@ -20,7 +20,6 @@ import logging
 import os
 import socket
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import ray
@@ -29,6 +28,7 @@ from ray import serve
 
 from actors import serve_app
 from jobs import cli
+from recap_ray.models import checkpoints
 from recap_ray.serve import app_config, ws_client
 
 # Ray settings of the local cluster `start` creates (on a cluster: the nodes' environment).
@@ -108,11 +108,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _absolute(path: str | None) -> str | None:
-    """Local paths made absolute (replicas run elsewhere); other schemes kept."""
-    return str(Path(path).resolve()) if path is not None and Path(path).exists() else path
-
-
 def start(config: Config) -> tuple[str, dict[str, Any]]:
     """Deploy the application and wait until it accepts connections; returns (ws URI, metadata)."""
     if not ray.is_initialized():
@@ -128,8 +123,8 @@ def start(config: Config) -> tuple[str, dict[str, Any]]:
     if config.app.num_gpus > 0 and gpus < config.app.num_gpus:
         raise RuntimeError(f"--num-gpus {config.app.num_gpus} per model replica, but the Ray cluster has {gpus} "
                            "GPUs (pass --num-gpus 0 to serve on CPU)")  # fmt: skip
-    app = dataclasses.replace(config.app, checkpoint=_absolute(config.app.checkpoint),
-                              tokenizer=_absolute(config.app.tokenizer))  # fmt: skip
+    app = dataclasses.replace(config.app, checkpoint=checkpoints.absolute_if_here(config.app.checkpoint),
+                              tokenizer=checkpoints.absolute_if_here(config.app.tokenizer))  # fmt: skip
     # Direct ingress still starts Serve's proxies (the replicas' HTTP servers need an HTTP config): give them
     # another port, as only the replicas take connections on config.port.
     proxy_port = free_port(config.host) if config.app.direct_ingress else config.port

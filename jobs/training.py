@@ -97,11 +97,14 @@ def prepare_run_dir(config: Config, kind: str, fingerprint: str) -> None:
 
 
 def make_job(config: Config, kind: str, fingerprint: str, **extra: Any) -> loop.TrainJob:
+    """The job every worker runs; local paths made absolute (Ray Train runs workers in a directory of its own)."""
+    extra = {k: checkpoints.absolute_if_here(v) if k == "norm_stats" else v for k, v in extra.items()}
     return loop.TrainJob(
-        kind=kind, config=config.config, dataset=str(config.dataset), run_dir=str(config.run_dir),
-        tokenizer=resolve_tokenizer(config.tokenizer), session=uuid.uuid4().hex[:12], dataset_fingerprint=fingerprint,
+        kind=kind, config=config.config, dataset=str(checkpoints.absolute(config.dataset)),
+        run_dir=str(checkpoints.absolute(config.run_dir)), tokenizer=checkpoints.absolute_if_here(resolve_tokenizer(config.tokenizer)),
+        session=uuid.uuid4().hex[:12], dataset_fingerprint=fingerprint,
         num_steps=config.num_steps, batch_size=config.batch_size, save_interval=config.save_interval,
-        log_interval=config.log_interval, init=config.init, fsdp_devices=config.fsdp_devices,
+        log_interval=config.log_interval, init=checkpoints.absolute_if_here(config.init), fsdp_devices=config.fsdp_devices,
         grad_accum=config.grad_accum, keep_checkpoints=config.keep_checkpoints, loader_threads=config.loader_threads,
         **extra,
     )  # fmt: skip

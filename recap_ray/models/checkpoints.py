@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -49,6 +50,14 @@ def absolute(path: epath.PathLike) -> epath.Path:
     """`path` as every process of a job can open it: a local path made absolute, a URI (gs://...) unchanged."""
     path = epath.Path(path)
     return path if "://" in os.fspath(path) else path.resolve()
+
+
+def absolute_if_here(path: str | None) -> str | None:
+    """A path that exists on this machine made absolute; a URI, a name (`bundle`, `none`) or None kept.
+
+    For paths handed to Ray workers, which run in other directories (Ray Train changes into its own).
+    """
+    return str(Path(path).resolve()) if path is not None and "://" not in path and Path(path).exists() else path
 
 
 def files(directory: epath.PathLike) -> Iterator[epath.Path]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -118,3 +119,19 @@ def test_s3_run_dir_records_and_refuses_checkpoints(s3_bucket, tmp_path):
         (checkpoints.params_dir(checkpoints.checkpoints_dir(run_dir) / name) / "manifest.ocdbt").write_bytes(b"")
     assert checkpoints.steps(run_dir) == [3, 5]
     assert str(checkpoints.resolve(run_dir)) == f"{run_dir}/checkpoints/5"
+
+
+def test_workers_get_local_paths_absolute(tmp_path, monkeypatch, sentencepiece_model):
+    """Ray Train runs workers in a directory of its own: relative paths of the command line are made absolute,
+    URIs and weight names (`bundle`, `none`) pass as they are."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tok.model").write_bytes(sentencepiece_model.read_bytes())
+    (tmp_path / "stats.json").write_text("{}")
+    (tmp_path / "sft").mkdir()
+    config = training.Config(dataset=Path("data"), config="pi06_tiny", run_dir="runs/p", tokenizer="tok.model", init="sft")
+    job = training.make_job(config, "policy", "fp", norm_stats="stats.json")
+    assert (job.dataset, job.run_dir, job.tokenizer, job.init, job.norm_stats) == tuple(
+        str(tmp_path / p) for p in ("data", "runs/p", "tok.model", "sft", "stats.json"))  # fmt: skip
+    for init in ("bundle", "none", "gs://bucket/params"):
+        assert training.make_job(dataclasses.replace(config, init=init, run_dir="gs://b/run"), "value", "fp").init == init
+    assert training.make_job(dataclasses.replace(config, run_dir="gs://b/run"), "value", "fp").run_dir == "gs://b/run"
