@@ -52,7 +52,7 @@ class RoundConfig:
     value_tokenizer: str | None = None  # Gemma3 sentencepiece model for the value model
     skip_value: bool = False  # train on the data's own labels (no value model, no relabel)
     collect_rollouts: int = 0  # simulated task: DAgger rollouts of the served init policy with corrections, merged in
-    collect_seed: int = 0  # seed of those rollouts (rollout i starts from (seed, 3, i))
+    collect_seed: int | None = None  # seed of those rollouts (rollout i starts from (seed, 3, i)); default the round's place in its chain (0, 1, ...): new start states each round
     value_steps: int | None = None  # default: the config's
     policy_steps: int | None = None  # default: the config's
     sft_steps: int | None = None  # steps of the SFT baseline a simulated round trains first (default: policy_steps)
@@ -139,6 +139,21 @@ def previous_output(previous_round: str, stages: tuple[str, ...], key: str) -> s
     return entry["outputs"][key]
 
 
+def chain_position(rc: RoundConfig) -> int:
+    """How many rounds precede this one through `previous_round` links (0 for a first round)."""
+    seen: list[str] = []
+    previous = rc.previous_round
+    while previous:
+        if str(Path(previous).resolve()) in seen:
+            raise ValueError(f"previous_round links loop: {' -> '.join(seen)} -> {previous}")
+        seen.append(str(Path(previous).resolve()))
+        path = Path(previous) / manifest_lib.FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"previous_round {previous}: no {manifest_lib.FILE}, not a round directory")
+        previous = json.loads(path.read_text())["config"].get("previous_round")
+    return len(seen)
+
+
 def _fresh(path: Path) -> Path:
     """`path`, with what an unfinished attempt of its stage left there removed: a rerun stage starts from its inputs."""
     if path.exists():
@@ -212,11 +227,11 @@ def served(rc: RoundConfig, checkpoint: str, name: str) -> Iterator[str]:
         ray_serve.shutdown()
 
 
-def collect_stage(rc: RoundConfig, dataset: str, policy: str, out: Path) -> dict[str, Any]:
+def collect_stage(rc: RoundConfig, dataset: str, policy: str, seed: int, out: Path) -> dict[str, Any]:
     """DAgger rollouts of the served `policy` with the simulated operator's corrections, merged into `dataset`."""
     with served(rc, policy, "collect") as uri:
         rollouts = collect.main(collect.Config(endpoint=uri, output=_fresh(out / "rollouts"), rollouts=rc.collect_rollouts,
-                                               seed=rc.collect_seed, task=rc.task, dagger=rc.dagger))  # fmt: skip
+                                               seed=seed, task=rc.task, dagger=rc.dagger))  # fmt: skip
     merged = merge.main(merge.Config(sources=(Path(dataset), rollouts), output=_fresh(out / "data_collected")))
     return {"outputs": {"rollouts": str(rollouts), "dataset": str(merged)}}
 
@@ -249,9 +264,10 @@ def run_round(rc: RoundConfig, out: Path, *, sft_stage: bool = False) -> dict[st
     if rc.collect_rollouts:
         if init is None:
             raise ValueError("collect_rollouts needs a policy to drive: set sft_checkpoint or previous_round")
-        data = m.run("collect", {"dataset": data, "policy": init},
-                     f"jobs.serve + jobs.collect --rollouts {rc.collect_rollouts} --seed {rc.collect_seed} + jobs.merge",
-                     lambda: collect_stage(rc, data, init, out))["outputs"]["dataset"]  # fmt: skip
+        seed = rc.collect_seed if rc.collect_seed is not None else chain_position(rc)
+        data = m.run("collect", {"dataset": data, "policy": init, "seed": seed},
+                     f"jobs.serve + jobs.collect --rollouts {rc.collect_rollouts} --seed {seed} + jobs.merge",
+                     lambda: collect_stage(rc, data, init, seed, out))["outputs"]["dataset"]  # fmt: skip
     policy_data = data
     if not rc.skip_value:
         if rc.value_scale != "episode":

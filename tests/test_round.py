@@ -202,7 +202,7 @@ def test_simulated_round_wires_each_stage_to_the_last_ones_outputs(tmp_path, mon
     assert fake.calls == [
         ("data",),
         ("sft", out("data"), None, 30, "scratch"),  # the SFT baseline: its own config and steps
-        ("collect", out("data"), out("sft")),  # rollouts of the SFT policy
+        ("collect", out("data"), out("sft"), 0),  # rollouts of the SFT policy, seed 0 in a first round
         ("targets", out("collected")),
         ("value", out("targets"), None, None, "v"),
         ("relabel", out("targets"), out("value")),
@@ -211,6 +211,25 @@ def test_simulated_round_wires_each_stage_to_the_last_ones_outputs(tmp_path, mon
     ]
     assert [s["status"] for s in record["stages"].values()] == ["done"] * 8
     assert record["stages"]["sft"]["command"] == "jobs.train_policy --config scratch (data labels)"
+
+
+def test_each_round_of_a_chain_collects_from_new_start_states(tmp_path, monkeypatch):
+    """The default collect seed is the round's place in its chain; an explicit one is kept."""
+    for name, previous in (("r1", None), ("r2", "r1"), ("r3", "r2")):
+        manifest.Manifest(tmp_path / name, {"previous_round": previous and str(tmp_path / previous)})
+    rc = round_job.RoundConfig(previous_round=str(tmp_path / "r3"))
+    assert [round_job.chain_position(dataclasses.replace(rc, previous_round=p)) for p in (None, str(tmp_path / "r1"), str(tmp_path / "r3"))] == [0, 1, 3]
+    fake = _FakeStages(monkeypatch, tmp_path)
+    monkeypatch.setattr(round_job, "previous_output", lambda *args: str(tmp_path / "outputs" / "prev"))
+    round_job.run_round(dataclasses.replace(rc, collect_rollouts=2, skip_value=True), tmp_path / "r4")
+    assert fake.calls[1][0] == "collect" and fake.calls[1][-1] == 3
+    round_job.run_round(dataclasses.replace(rc, collect_rollouts=2, skip_value=True, collect_seed=7), tmp_path / "r5")
+    assert fake.calls[4][0] == "collect" and fake.calls[4][-1] == 7
+    record = json.loads((tmp_path / "r1" / manifest.FILE).read_text())
+    record["config"]["previous_round"] = str(tmp_path / "r3")
+    (tmp_path / "r1" / manifest.FILE).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="previous_round links loop"):
+        round_job.chain_position(rc)
 
 
 def test_round_on_the_datas_labels_skips_the_value_stages_and_resumes_after_a_crash(tmp_path, monkeypatch):
@@ -262,7 +281,7 @@ def test_rerun_data_and_collect_stages_start_from_their_inputs(tmp_path, monkeyp
     monkeypatch.setattr(collect, "main", lambda config: collect.record(policies.Random(seed=1), config, config.output))
     shutil.copytree(b, out / "rollouts")  # collected, then the merge crashed
     shutil.copytree(b, out / "data_collected")
-    outputs = round_job.collect_stage(rc, str(a), "/ckpt/sft", out)["outputs"]
+    outputs = round_job.collect_stage(rc, str(a), "/ckpt/sft", 0, out)["outputs"]
     assert _episodes(outputs["rollouts"]) == 1 and _episodes(outputs["dataset"]) == 3
     with dataset.open(outputs["rollouts"]) as ds:
         assert ds.meta.episodes[0].extra["kind"] == "policy_rollout"
