@@ -17,6 +17,7 @@ CLUSTER = ROOT / "cluster"
 KUBERAY = CLUSTER / "kuberay"
 SERVE_YAML = CLUSTER / "serve.yaml"
 README = CLUSTER / "README.md"
+PROJECT_README = ROOT / "README.md"
 ALL_YAML = sorted(p for p in CLUSTER.rglob("*") if p.suffix in (".yaml", ".yml"))
 KUBE_YAML = [p for p in ALL_YAML if p.is_relative_to(KUBERAY)]
 LAUNCHER_YAML = [p for p in ALL_YAML if p.is_relative_to(CLUSTER / "launcher")]
@@ -24,6 +25,8 @@ LAUNCHER_YAML = [p for p in ALL_YAML if p.is_relative_to(CLUSTER / "launcher")]
 API_VERSIONS = {"RayCluster": "ray.io/v1", "RayJob": "ray.io/v1", "RayService": "ray.io/v1", "PersistentVolumeClaim": "v1"}
 # spot node labels: GKE, EKS managed node groups, Karpenter
 SPOT_SELECTORS = {"cloud.google.com/gke-spot": "true", "eks.amazonaws.com/capacityType": "SPOT", "karpenter.sh/capacity-type": "spot"}
+# what GKE's graceful node shutdown gives user pods of a spot node's 30 s notice, unless the node pool extends it
+GKE_SPOT_USER_POD_S = 15
 IMAGE_TAG = re.compile(r":(?P<ray>\d+\.\d+\.\d+)-py(?P<py>\d)(?P<pyminor>\d+)-(gpu|cpu|cu\d+)$")
 STAGES = ("prepare", "train_value", "relabel", "train_policy")
 
@@ -70,6 +73,16 @@ def per_pod(group: dict[str, Any], param: str, limit: str) -> float:
 
 def pod_gpus(group: dict[str, Any]) -> float:
     return per_pod(group, "num-gpus", "nvidia.com/gpu")
+
+
+def env_names(group: dict[str, Any]) -> set[str]:
+    """Environment variables the group's Ray container sets."""
+    return {e["name"] for e in ray_container(group["template"]).get("env", [])}
+
+
+def mount_paths(group: dict[str, Any]) -> list[str]:
+    """The group's Ray container's mount paths, each ending in `/`."""
+    return [m["mountPath"].rstrip("/") + "/" for m in ray_container(group["template"]).get("volumeMounts", [])]
 
 
 def cluster_specs() -> list[tuple[str, dict[str, Any]]]:

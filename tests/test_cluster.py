@@ -3,17 +3,22 @@
 Each entrypoint (the RayJobs, cluster/README.md's commands) must name a job in `jobs/` and parse
 with that job's own tyro config (a misspelt flag fails here, not mid-run), and its GPU request must
 fit the GPU group it runs on: one train worker per pod or node owning all its GPUs, no more workers
-than the group's maximum, relabel's actors packing whole onto the pods. The RayService's Serve app
-must build its `AppConfig` from its args and agree with cluster/serve.yaml. One Ray version
-everywhere. No Ray cluster is started.
+than the group's maximum, a global batch that splits over every worker count the run may have,
+relabel's actors packing whole onto the pods; the value model's initial weights are given. The
+Serve apps build their `AppConfig` from their args, serve the policy the RayJob trains from a path
+the pods mount with a key they set, and the RayService's is cluster/serve.yaml's. The launcher's
+containers see the shared mount, spot pods drain within what the node gives them, the image builds.
+One Ray version everywhere. No Ray cluster is started.
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import importlib
 import io
+import json
 import re
 import shlex
 import tomllib
@@ -29,8 +34,8 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 import cluster_manifests as manifests
-from cluster_manifests import (ALL_YAML, API_VERSIONS, CLUSTER, IMAGE_TAG, KUBE_YAML, KUBERAY, LAUNCHER_YAML, README,
-                               ROOT, SERVE_YAML, SPOT_SELECTORS, STAGES, GpuTarget)  # fmt: skip
+from cluster_manifests import (ALL_YAML, API_VERSIONS, CLUSTER, GKE_SPOT_USER_POD_S, IMAGE_TAG, KUBE_YAML, KUBERAY, LAUNCHER_YAML,
+                               PROJECT_README, README, ROOT, SERVE_YAML, SPOT_SELECTORS, STAGES, GpuTarget)  # fmt: skip
 
 def _entrypoint(command: str) -> tuple[str, list[str]]:
     """`[... --] python -m jobs.NAME ARGS` -> (NAME, ARGS)."""
@@ -77,12 +82,76 @@ def _check_fits(config: Any, target: GpuTarget, where: str) -> None:
         if config.min_workers is not None:
             assert 1 <= config.min_workers <= config.num_workers, f"{where}: --min-workers {config.min_workers} not in [1, --num-workers]"
         assert config.cpus_per_worker <= target.cpus, f"{where}: --cpus-per-worker {config.cpus_per_worker} > {target.cpus:g} on {target.label}"
+        _check_batch(config.batch_size, config.config, range(config.min_workers or config.num_workers, config.num_workers + 1), gpus,
+                     config.grad_accum, where)  # fmt: skip
     if gpus := getattr(config, "gpus_per_actor", None):
         per_pod = target.gpus / gpus  # one value actor per GPU slot: actors pack whole onto a pod
         assert per_pod >= 1 and per_pod == int(per_pod), f"{where}: --gpus-per-actor {gpus} does not divide {target.gpus:g} GPUs of {target.label}"
         assert config.num_actors <= per_pod * target.max_nodes, (
             f"{where}: --num-actors {config.num_actors} x {gpus} GPUs > {target.label}: {target.max_nodes} x {target.gpus:g}"
         )
+
+
+def _check_batch(batch: int | None, name: str, workers: range, gpus: int, grad_accum: int, where: str) -> None:
+    """The global batch (`batch`, else config `name`'s) splits over the devices of every worker count (recap_ray/train/loop.py)."""
+    from recap_ray.configs import registry
+
+    batch = batch or registry.get(name).batch_size
+    for n in workers:
+        assert batch % (n * gpus * grad_accum) == 0, (
+            f"{where}: global batch {batch} of {name} does not split over {n} workers x {gpus} GPUs x {grad_accum} micro-batches"
+        )
+
+
+def _check_init(job: str, config: Any, env: set[str], where: str) -> None:
+    """jobs.train_value's initial weights are given: `--init`, or the bundle the config names in an environment variable set."""
+    from recap_ray.configs import registry
+    from recap_ray.models import value_weights
+
+    if job == "train_value" and config.init is None and registry.get(config.config).init_weights == "bundle":
+        assert value_weights.BUNDLE_ENV_VAR in env, (
+            f"{where}: config {config.config!r} starts from the bundle in ${value_weights.BUNDLE_ENV_VAR}, which is not set: pass --init"
+        )
+
+
+def _submit_env(command: str) -> set[str]:
+    """The env_vars of a `ray job submit` command's --runtime-env-json."""
+    words = shlex.split(command)
+    words = words[: words.index("--")] if "--" in words else []
+    if "--runtime-env-json" not in words:
+        return set()
+    return set(json.loads(words[words.index("--runtime-env-json") + 1]).get("env_vars", {}))
+
+
+def _policy_runs() -> set[tuple[str, str]]:
+    """(run dir, config) of every jobs.train_policy RayJob."""
+    runs = set()
+    for path, doc in manifests.kube_docs("RayJob"):
+        job, args = _entrypoint(doc["spec"]["entrypoint"])
+        if job == "train_policy":
+            config = _parse(job, args, manifests.relative(path))
+            runs.add((config.run_dir.rstrip("/"), config.config))
+    return runs
+
+
+def _check_served(app: dict[str, Any], cluster: dict[str, Any], where: str) -> Any:
+    """A Serve app against the cluster it is deployed to: every worker pod (where its replicas land) mounts the
+    checkpoint and sets the API-key variable; returns its AppConfig."""
+    from recap_ray.configs import registry
+    from recap_ray.serve import app_config
+
+    _import_target(app["import_path"], where)
+    config = app_config.AppConfig.from_args(app.get("args", {}))  # unknown or bad args raise here
+    registry.get(config.config)
+    assert config.config.endswith("_infer"), f"{where}: serve config {config.config!r} is not an _infer config"
+    for group in cluster["workerGroupSpecs"]:
+        g = group["groupName"]
+        if "://" not in config.checkpoint:
+            mounts = manifests.mount_paths(group)
+            assert config.checkpoint.startswith(tuple(mounts)), f"{where}: checkpoint {config.checkpoint} is not on {g}'s mounts {mounts}"
+        if config.api_key_env is not None:
+            assert config.api_key_env in manifests.env_names(group), f"{where}: api_key_env {config.api_key_env} is not set on {g}'s pods"
+    return config
 
 
 def _import_target(import_path: str, where: str) -> None:
@@ -185,6 +254,28 @@ def test_raycluster_gpu_group_runs_on_spot():
     assert spot, f"no RayCluster GPU worker group selects spot nodes ({sorted(SPOT_SELECTORS)})"
 
 
+@pytest.mark.parametrize("label,spec", manifests.cluster_specs(), ids=[label for label, _ in manifests.cluster_specs()])
+def test_spot_drain_fits_the_grace_period(label, spec):
+    """A spot GPU pod's drain ends within its preStop hold and grace period; past the 15 s GKE gives user pods of
+    a spot node by default, the file says that the node pool must extend it."""
+    text = (ROOT / label.partition(":")[0]).read_text()
+    for group in spec["workerGroupSpecs"]:
+        pod, where = group["template"]["spec"], f"{label}/{group['groupName']}"
+        if manifests.pod_gpus(group) == 0 or not set(pod.get("nodeSelector", {})) & set(SPOT_SELECTORS):
+            continue
+        grace = pod.get("terminationGracePeriodSeconds", 30)  # Kubernetes' default
+        env = {e["name"]: e.get("value") for e in manifests.ray_container(group["template"]).get("env", [])}
+        drain = float(env.get("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", 0))
+        pre_stop = " ".join(manifests.ray_container(group["template"]).get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", []))
+        hold = float(m[1]) if (m := re.search(r"\bsleep (\d+)", pre_stop)) else 0.0
+        assert drain <= hold <= grace and drain < grace, f"{where}: drain {drain:g} s, preStop hold {hold:g} s, grace period {grace} s"
+        if "cloud.google.com/gke-spot" in pod.get("nodeSelector", {}) and grace > GKE_SPOT_USER_POD_S:
+            assert f"{GKE_SPOT_USER_POD_S} s" in text and "graceful termination period" in text, (
+                f"{where}: a {grace} s grace period on GKE spot nodes, which give user pods {GKE_SPOT_USER_POD_S} s unless the "
+                "node pool's graceful termination period is extended: say so"
+            )
+
+
 @pytest.mark.parametrize("path,doc", manifests.kube_docs("RayJob"), ids=manifests.ids("RayJob"))
 def test_rayjob(path, doc):
     spec, where = doc["spec"], manifests.relative(path)
@@ -206,7 +297,10 @@ def test_rayjob(path, doc):
     assert targets, f"{where}: {label} has no GPU group"
     for target in targets:
         _check_fits(config, target, where)
-    mounts = [m["mountPath"].rstrip("/") + "/" for m in manifests.ray_container(cluster["headGroupSpec"]["template"]).get("volumeMounts", [])]
+    gpu_groups = [g for g in cluster["workerGroupSpecs"] if manifests.pod_gpus(g) > 0]
+    env = set((yaml.safe_load(spec.get("runtimeEnvYAML", "")) or {}).get("env_vars", {})) | set.intersection(*map(manifests.env_names, gpu_groups))
+    _check_init(job, config, env, where)
+    mounts = manifests.mount_paths(cluster["headGroupSpec"])
     for p in (a for a in args if a.startswith("/")):
         assert p.startswith(tuple(mounts)), f"{where}: {p} is not on the shared mounts {mounts}"
 
@@ -219,8 +313,6 @@ def test_rayjobs_cover_the_gpu_stages():
 @pytest.mark.parametrize("path,doc", manifests.kube_docs("RayService"), ids=manifests.ids("RayService"))
 def test_rayservice(path, doc):
     from jobs import serve as serve_job
-    from recap_ray.configs import registry
-    from recap_ray.serve import app_config
 
     where, cluster = manifests.relative(path), doc["spec"]["rayClusterConfig"]
     targets = manifests.kube_gpu_targets(cluster, where)
@@ -229,13 +321,8 @@ def test_rayservice(path, doc):
         values = {e["name"]: e.get("value") for e in manifests.ray_container(group["template"]).get("env", [])}
         wrong = {k: v for k, v in serve_job.RAY_ENV.items() if values.get(k) != v}
         assert not wrong, f"{where}: {group.get('groupName', 'head')} needs {wrong} in its env (jobs.serve.RAY_ENV)"
-    env = {e["name"] for g in cluster["workerGroupSpecs"] for e in manifests.ray_container(g["template"]).get("env", [])}
     for app in _serve_apps(doc["spec"]["serveConfigV2"], f"{where} serveConfigV2"):
-        _import_target(app["import_path"], where)
-        config = app_config.AppConfig.from_args(app.get("args", {}))  # unknown or bad args raise here
-        registry.get(config.config)
-        assert config.config.endswith("_infer"), f"{where}: serve config {config.config!r} is not an _infer config"
-        assert config.api_key_env in (None, *env), f"{where}: api_key_env {config.api_key_env} is set on no worker container"
+        config = _check_served(app, cluster, where)
         for t in targets:
             assert config.num_gpus <= t.gpus, f"{where}: num_gpus {config.num_gpus} > {t.gpus:g} GPUs a pod of {t.label}"
             fits = int(t.gpus // config.num_gpus) * t.max_nodes if config.num_gpus else float("inf")
@@ -243,18 +330,34 @@ def test_rayservice(path, doc):
 
 
 def test_rayservice_agrees_with_serve_yaml():
+    """The RayService serves cluster/serve.yaml's applications: names, routes, import paths and every arg."""
     from recap_ray.serve import app_config
 
     if not SERVE_YAML.is_file():
         pytest.skip(f"{manifests.relative(SERVE_YAML)} is absent: nothing to compare the RayService's serveConfigV2 with")
     ours = _serve_apps(SERVE_YAML.read_text(), manifests.relative(SERVE_YAML))
-    for app in ours:
-        _import_target(app["import_path"], manifests.relative(SERVE_YAML))
     for path, doc in manifests.kube_docs("RayService"):
         theirs, pair = _serve_apps(doc["spec"]["serveConfigV2"], manifests.relative(path)), f"{manifests.relative(path)} and {manifests.relative(SERVE_YAML)}"
-        assert [a["import_path"] for a in theirs] == [a["import_path"] for a in ours], f"{pair}: import paths differ"
-        gpus = [[app_config.AppConfig.from_args(a.get("args", {})).num_gpus for a in apps] for apps in (theirs, ours)]
-        assert gpus[0] == gpus[1], f"{pair}: num_gpus differ, {gpus[0]} vs {gpus[1]}"
+        assert len(theirs) == len(ours), f"{pair}: {len(theirs)} vs {len(ours)} applications"
+        for a, b in zip(theirs, ours):
+            assert {k: v for k, v in a.items() if k != "args"} == {k: v for k, v in b.items() if k != "args"}, f"{pair}: applications differ"
+            args = [dataclasses.asdict(app_config.AppConfig.from_args(x.get("args", {}))) for x in (a, b)]
+            differ = {k: (args[0][k], args[1][k]) for k in args[0] if args[0][k] != args[1][k]}
+            assert not differ, f"{pair}: {a.get('name')} args differ (theirs, ours): {differ}"
+
+
+def test_serve_yaml_serves_the_trained_policy_on_the_raycluster():
+    """`serve deploy cluster/serve.yaml` on raycluster.yaml's cluster (cluster/README.md) loads the policy RayJob's run
+    with the _infer twin of its config, from a path every worker pod mounts, with the API key its pods set."""
+    if not SERVE_YAML.is_file():
+        pytest.skip(f"{manifests.relative(SERVE_YAML)} is absent")
+    runs = _policy_runs()
+    for path, doc in manifests.kube_docs("RayCluster"):
+        where = f"{manifests.relative(SERVE_YAML)} on {manifests.relative(path)}"
+        for app in _serve_apps(SERVE_YAML.read_text(), manifests.relative(SERVE_YAML)):
+            config = _check_served(app, doc["spec"], where)
+            served = (config.checkpoint.rstrip("/"), config.config.removesuffix("_infer"))
+            assert served in runs, f"{where}: serves {served}, not a policy RayJob's (run dir, config): {sorted(runs)}"
 
 
 @pytest.mark.parametrize("path", LAUNCHER_YAML, ids=manifests.relative)
@@ -280,6 +383,30 @@ def test_launcher(path):
     assert any("RAY_AUTH_MODE=token" in c for c in raw["head_start_ray_commands"]), f"{where}: head starts without token auth"
 
 
+@pytest.mark.parametrize("path", LAUNCHER_YAML, ids=manifests.relative)
+def test_launcher_containers_see_the_shared_mounts(path):
+    """Every /mnt/<dir> that cluster/README.md's commands and the launcher's commands use is mounted on the host
+    (initialization_commands) and bind-mounted into the container, where the jobs run (Ray mounts only file_mounts)."""
+    where, raw = manifests.relative(path), yaml.safe_load(path.read_text())
+    commands = [c for key, cs in raw.items() if key.endswith("_commands") and key != "initialization_commands" for c in cs or []]
+    used = set(re.findall(r"/mnt/[\w.-]+", "\n".join([*re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S), *commands])))
+    assert used, f"{manifests.relative(README)} uses no /mnt path: nothing to check"
+    binds = dict(re.findall(r"^(?:-v|--volume)[ =]([^:\s]+):([^:\s]+)", "\n".join(raw.get("docker", {}).get("run_options", [])), flags=re.M))
+    for mount in sorted(used):
+        assert binds.get(mount) == mount, f"{where}: docker.run_options do not bind-mount {mount} (have {binds})"
+        host = [c for c in raw.get("initialization_commands", []) if re.search(rf"\bmount\b.*\s{re.escape(mount)}\b", c)]
+        assert host, f"{where}: no initialization_command mounts {mount} on the host"
+
+
+def test_dockerfile_workdir_belongs_to_ray():
+    """`pip install .` runs as user ray and builds in the tree: WORKDIR alone would create the directory root-owned."""
+    lines = [line.strip() for line in (CLUSTER / "Dockerfile").read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    at = next(i for i, line in enumerate(lines) if line.startswith("WORKDIR "))
+    workdir = lines[at].split()[1]
+    owned = [line for line in lines[:at] if line.startswith("RUN ") and re.search(rf"chown\s+(-R\s+)?ray(:\w+)?\s+{re.escape(workdir)}\b", line)]
+    assert owned, f"cluster/Dockerfile: no RUN before WORKDIR {workdir} creates it owned by ray"
+
+
 def test_readme_commands():
     """cluster/README.md's `python -m jobs.*` commands parse and fit every GPU group and node type."""
     blocks = "\n".join(re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)).replace("\\\n", " ")
@@ -296,16 +423,39 @@ def test_readme_commands():
             assert "--entrypoint-num-gpus" not in command, f"{where}: the driver needs no GPU; workers ask for their own"
         config = _parse(job, args, where)
         _check_config_name(job, config, where)
+        _check_init(job, config, _submit_env(command), where)
         for target in targets:
             _check_fits(config, target, where)
+
+
+def test_round_example_trains():
+    """README.md's round.yaml example parses, and its global batch splits over its GPUs for every training it runs."""
+    from jobs import round as round_job
+
+    where = manifests.relative(PROJECT_README)
+    blocks = re.findall(r"`round\.yaml` holding.*?```yaml\n(.*?)```", PROJECT_README.read_text(), flags=re.S)
+    assert len(blocks) == 1, f"{where}: expected one round.yaml example"
+    raw = yaml.safe_load(blocks[0])
+    rc = round_job.RoundConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    trained = [rc.policy_config, *([] if rc.skip_value else [rc.value_config]), *([rc.sft_config] if rc.sft_config else [])]
+    if rc.gpus_per_worker:
+        for name in trained:
+            _check_batch(rc.batch_size, name, range(rc.num_workers, rc.num_workers + 1), rc.gpus_per_worker, 1, f"{where} round.yaml")
 
 
 def test_checks_catch_the_mistakes_they_are_for():
     target, base = GpuTarget("gpu", 8, 88, 4), ["--dataset", "/d", "--config", "value", "--run-dir", "/r"]
     _check_fits(_parse("train_value", [*base, "--num-workers", "4", "--gpus-per-worker", "8"], "t"), target, "t")
-    for bad in (["--num-workers", "5", "--gpus-per-worker", "8"], ["--num-workers", "2", "--gpus-per-worker", "4"]):
+    _check_fits(_parse("train_value", [*base, "--num-workers", "4", "--min-workers", "2", "--batch-size", "96", "--gpus-per-worker", "8"], "t"), target, "t")
+    for bad in (["--num-workers", "5", "--gpus-per-worker", "8"], ["--num-workers", "2", "--gpus-per-worker", "4"],
+                ["--num-workers", "4", "--min-workers", "3", "--gpus-per-worker", "8"]):  # batch 32 over 24 GPUs
         with pytest.raises(AssertionError):
             _check_fits(_parse("train_value", [*base, *bad], "t"), target, "t")
+    _check_init("train_value", _parse("train_value", [*base, "--init", "/b"], "t"), set(), "t")
+    _check_init("train_value", _parse("train_value", base, "t"), {"OPENPI_VLM_CKPT_DIR"}, "t")
+    with pytest.raises(AssertionError, match="OPENPI_VLM_CKPT_DIR"):
+        _check_init("train_value", _parse("train_value", base, "t"), {"JAX_COMPILATION_CACHE_DIR"}, "t")
+    assert _submit_env("""ray job submit --runtime-env-json '{"env_vars": {"A": "1"}}' -- python -m jobs.x""") == {"A"}
     with pytest.raises(pytest.fail.Exception, match="num-worker"):
         _parse("train_value", [*base, "--num-worker", "2"], "t")
     relabel = ["--dataset", "/d", "--value-ckpt", "/c", "--output", "/o"]

@@ -21,7 +21,7 @@ def test_cluster_serve_yaml_is_a_valid_deploy_config():
     assert application.import_path == "actors.serve_app:build_app"
     assert schema.http_options.request_timeout_s is None  # a deadline would cut live websocket sessions
     app = app_config.AppConfig.from_args(application.args)
-    assert app.config.endswith("_infer") and app.api_key_env == "RECAP_POLICY_API_KEY"
+    assert app.config.endswith("_infer") and app.api_key_env == "RECAP_SERVE_API_KEY"
     assert app.model_autoscaling.max_replicas == 4 and app.ingress_autoscaling.target_ongoing_requests == 100
     assert app.model_max_ongoing_requests == 2 * app.max_batch_size
 
