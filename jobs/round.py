@@ -50,6 +50,7 @@ class RoundConfig:
     value_config: str = "value"  # registered value-model config
     tokenizer: str | None = None  # PaliGemma sentencepiece model for the policy
     value_tokenizer: str | None = None  # Gemma3 sentencepiece model for the value model
+    value_init: str | None = None  # value model's initial weights (pistar's vlm_ckpt bundle dir; default the config's: $OPENPI_VLM_CKPT_DIR)
     skip_value: bool = False  # train on the data's own labels (no value model, no relabel)
     collect_rollouts: int = 0  # simulated task: DAgger rollouts of the served init policy with corrections, merged in
     collect_seed: int | None = None  # seed of those rollouts (rollout i starts from (seed, 3, i)); default the round's place in its chain (0, 1, ...): new start states each round
@@ -274,7 +275,7 @@ def run_round(rc: RoundConfig, out: Path, *, sft_stage: bool = False) -> dict[st
             data = m.run("targets", {"dataset": data}, f"jobs.prepare --value-scale {rc.value_scale}",
                          lambda: targets_stage(rc, data, out / "data_targets"))["outputs"]["dataset"]  # fmt: skip
         value = m.run("value", {"dataset": data}, f"jobs.train_value --config {rc.value_config}",
-                      lambda: train_stage("value", rc, data, out / "value", None))["outputs"]["run_dir"]  # fmt: skip
+                      lambda: train_stage("value", rc, data, out / "value", rc.value_init))["outputs"]["run_dir"]  # fmt: skip
         policy_data = m.run("relabel", {"dataset": data, "value_ckpt": value},
                             f"jobs.relabel --lookahead {rc.lookahead} --positive-ratio {rc.positive_ratio}"
                             + (" --stop-at-intervention" if rc.stop_at_intervention else ""),

@@ -197,14 +197,14 @@ def test_simulated_round_wires_each_stage_to_the_last_ones_outputs(tmp_path, mon
     fake = _FakeStages(monkeypatch, tmp_path)
     out = lambda name: str(tmp_path / "outputs" / name)  # noqa: E731
     rc = round_job.RoundConfig(sources=("/data/a",), policy_config="ft", sft_config="scratch", value_config="v",
-                               sft_steps=30, collect_rollouts=4, value_scale="task", eval_episodes=2)  # fmt: skip
+                               sft_steps=30, collect_rollouts=4, value_scale="task", eval_episodes=2, value_init="/vlm")  # fmt: skip
     record = round_job.run_round(rc, tmp_path / "round", sft_stage=True)
     assert fake.calls == [
         ("data",),
         ("sft", out("data"), None, 30, "scratch"),  # the SFT baseline: its own config and steps
         ("collect", out("data"), out("sft"), 0),  # rollouts of the SFT policy, seed 0 in a first round
         ("targets", out("collected")),
-        ("value", out("targets"), None, None, "v"),
+        ("value", out("targets"), "/vlm", None, "v"),  # from the bundle given
         ("relabel", out("targets"), out("value")),
         ("policy", out("relabeled"), out("sft"), None, "ft"),  # RECAP: fine-tuned from SFT on the relabelled data
         ("evaluate", {"baseline": out("sft"), "recap": out("policy")}),
