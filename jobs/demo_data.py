@@ -3,13 +3,14 @@
 Generates a simulated YAM DAgger dataset (demos plus rollouts with corrections), recomputes its
 RECAP columns as a new version with lineage, exports a v2.1 copy for openpi/pistar users,
 validates every version and writes openpi norm stats. Steps already done are skipped, so a
-crashed run resumes where it stopped.
+crashed run resumes where it stopped; a rerun with other settings than those the raw data's lineage
+records is refused.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from jobs import cli, make_dataset
@@ -18,7 +19,7 @@ from recap_ray.data import convert, dataset, norm_stats, prepare, validate, vers
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Config:
     output: Path
     """Directory for the dataset versions and norm stats."""
@@ -30,12 +31,29 @@ class Config:
     """Seed of the simulated data."""
 
 
+def check_raw(raw: Path, config: make_dataset.Config) -> None:
+    """Refuse existing raw data generated with other settings (except where and with how many workers)."""
+    recorded = (versions.read_lineage(raw) or {}).get("config")
+    if recorded is None:
+        raise ValueError(f"{raw}: exists without make_dataset lineage; use a new output")
+    ignored = ("output", "workers")
+    now = {k: v for k, v in make_dataset.plain(dataclasses.asdict(config)).items() if k not in ignored}
+    differing = make_dataset.differences({k: v for k, v in recorded.items() if k not in ignored}, now)
+    if differing:
+        raise ValueError(f"{raw}: generated with other settings ({'; '.join(differing)}); "
+                         "use a new output or the settings it was made with")
+
+
 def main(config: Config) -> dict[str, Path]:
+    """Run (or resume) the data stage; returns the paths of the versions and the norm stats."""
     out = config.output
-    out.mkdir(parents=True, exist_ok=True)
     paths = {"raw": out / "raw", "prepared": out / "prepared", "prepared_v21": out / "prepared_v21"}
-    if not paths["raw"].exists():
-        make_dataset.main(make_dataset.Config(paths["raw"], demos=config.demos, rollouts=config.rollouts, seed=config.seed))
+    raw_config = make_dataset.Config(paths["raw"], demos=config.demos, rollouts=config.rollouts, seed=config.seed)
+    if paths["raw"].exists():
+        check_raw(paths["raw"], raw_config)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        make_dataset.main(raw_config)
     if not paths["prepared"].exists():
         prepare.prepare(paths["raw"], paths["prepared"])
     if not paths["prepared_v21"].exists():

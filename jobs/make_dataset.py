@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import tqdm
@@ -23,7 +23,7 @@ import tqdm
 from jobs import cli
 from recap_ray.data import recap_columns, writer
 from recap_ray.sim import env as env_lib
-from recap_ray.sim import render, scripted, session, world
+from recap_ray.sim import checks, render, scripted, session, world
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,11 @@ class Config:
     """The correcting operator in rollouts."""
     workers: int = 1
     """Processes simulating and rendering episodes while this one writes; 0 simulates inline."""
+
+    def __post_init__(self) -> None:
+        checks.at_least(self, demos=0, rollouts=0, seed=0, workers=0)
+        if self.demos + self.rollouts == 0:
+            raise ValueError("Config.demos + Config.rollouts must give at least one episode, got 0 + 0")
 
 
 def features(task: world.TaskConfig) -> dict[str, dict]:
@@ -109,8 +114,6 @@ def _episodes(config: Config, plan: list[tuple[str, int]]) -> Iterator[session.E
 
 def main(config: Config) -> Path:
     """Write the dataset; returns its root."""
-    if config.demos < 0 or config.rollouts < 0 or config.demos + config.rollouts == 0:
-        raise ValueError(f"need demos, rollouts >= 0 and at least one episode, got {config.demos}, {config.rollouts}")
     out = writer.DatasetWriter(config.output, fps=config.task.fps, features=features(config.task),
                                version=config.format, robot_type="yam_sim")
     plan = [("demo", i) for i in range(config.demos)] + [("rollout", i) for i in range(config.rollouts)]
@@ -132,13 +135,28 @@ def main(config: Config) -> Path:
     return root
 
 
-def plain(value: object) -> object:
-    """`value` with paths as strings and tuples as lists, for JSON lineage."""
+def plain(value: Any) -> Any:
+    """`value` with paths as strings, tuples as lists and numpy values as lists or numbers, for JSON."""
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
     return str(value) if isinstance(value, Path) else value
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(value, dict) or not value:
+        return {prefix.rstrip("."): value}
+    return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}.").items()}
+
+
+def differences(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The fields (dotted names) whose values differ between two JSON records, with both values."""
+    old, new = _flat(recorded), _flat(now)
+    return [f"{k}: recorded {old.get(k)!r}, now {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k)]  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Connects, reads the server's metadata frame, then for each observation sends one binary msgpack
 frame and blocks for the reply. A text frame from the server is its traceback: raised as
-RuntimeError. Usable wherever a policy callable `obs -> {"actions": ...}` is expected.
+RuntimeError. A closed connection raises ConnectionError, a missing reply TimeoutError (and closes
+the connection); `reconnect()` opens a new one. Usable wherever a policy callable
+`obs -> {"actions": ...}` is expected.
 """
 
 from __future__ import annotations
@@ -26,30 +28,51 @@ def endpoint_uri(host: str, port: int | None = None) -> str:
 
 
 class WebsocketClientPolicy:
-    """One connection to an openpi-style policy server; one request in flight at a time."""
+    """One connection to an openpi-style policy server; one request in flight at a time.
+
+    `reconnect()` replaces a broken connection (closed, or closed after a reply timeout) with a new one.
+    """
 
     def __init__(self, host: str, port: int | None = None, api_key: str | None = None,
                  open_timeout_s: float = 10.0, reply_timeout_s: float | None = None) -> None:
         self.uri = endpoint_uri(host, port)
+        self.open_timeout_s = open_timeout_s
         self.reply_timeout_s = reply_timeout_s
-        headers = {"Authorization": f"Api-Key {api_key}"} if api_key else None
+        self._headers = {"Authorization": f"Api-Key {api_key}"} if api_key else None
         self._packer = msgpack_numpy.Packer()
-        self._stack = contextlib.ExitStack()  # the connection's lifetime is this object's (close())
+        self._stack = contextlib.ExitStack()  # holds the current connection until close()
+        self._ws: ws_sync.ClientConnection  # set by _connect
+        self.metadata: dict = self._connect()
+        logger.info("connected to %s, server metadata %s", self.uri, self.metadata)
+
+    def _connect(self) -> dict:
+        """Open the connection and read the server's metadata frame; returns the metadata."""
         try:
-            self._ws = self._stack.enter_context(ws_sync.connect(
-                self.uri, compression=None, max_size=None, additional_headers=headers, open_timeout=open_timeout_s))
+            self._ws = self._stack.enter_context(ws_sync.connect(self.uri, compression=None, max_size=None,
+                                                                 additional_headers=self._headers,
+                                                                 open_timeout=self.open_timeout_s))
         except (OSError, InvalidStatus, TimeoutError) as err:
             raise ConnectionError(f"cannot connect to policy server at {self.uri}: {err}") from err
         try:
-            first = self._ws.recv(timeout=open_timeout_s)
+            first = self._ws.recv(timeout=self.open_timeout_s)
         except (TimeoutError, ConnectionClosed) as err:
             self.close()
             raise ConnectionError(f"{self.uri}: no metadata frame from the server: {err}") from err
         if isinstance(first, str):
             self.close()
             raise RuntimeError(f"Error in inference server at {self.uri}:\n{first}")
-        self.metadata: dict = msgpack_numpy.unpackb(first)
-        logger.info("connected to %s, server metadata %s", self.uri, self.metadata)
+        return msgpack_numpy.unpackb(first)
+
+    def reconnect(self) -> None:
+        """Close this connection and open a new one; refuses a server that now names another checkpoint."""
+        self.close()
+        metadata = self._connect()
+        if metadata.get("checkpoint") != self.metadata.get("checkpoint"):
+            self.close()
+            raise RuntimeError(f"{self.uri}: the server now serves checkpoint {metadata.get('checkpoint')!r}, "
+                               f"not {self.metadata.get('checkpoint')!r}")
+        self.metadata = metadata
+        logger.info("reconnected to %s", self.uri)
 
     def get_server_metadata(self) -> dict:
         """The metadata dict the server sent on connect (openpi-client's name)."""
@@ -75,7 +98,7 @@ class WebsocketClientPolicy:
     __call__ = infer
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (again: a no-op)."""
         self._stack.close()
 
     def __enter__(self) -> WebsocketClientPolicy:

@@ -2,8 +2,9 @@
 
 Each episode: reset with its own seed, ask the policy for a chunk, execute its first
 `replan_steps` actions, ask again, until success or the time limit. Reports the success rate
-with a Wilson 95% interval and the mean episode length; keeps tiled camera frames of the first
-few episodes for a video.
+with a Wilson 95% interval and the mean episode length; the video of the first few episodes is
+replayed from their seeds and executed actions. `with_retries` reruns an episode (from its seed)
+after a connection-level failure of a served policy.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import dataclasses
 import logging
 import math
 import time
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 
@@ -24,6 +25,14 @@ logger = logging.getLogger(__name__)
 Policy = Callable[[dict], dict]
 EVAL_STREAM = 2  # seed stream id, apart from the dataset's demos (0) and rollouts (1)
 Z95 = 1.959963984540054
+RETRYABLE = (ConnectionError, TimeoutError)
+"""Connection-level failures of a served policy (closed connection, no reply in time): worth a new
+connection; an error the server reports for a request (RuntimeError, ValueError) would only repeat."""
+T = TypeVar("T")
+
+
+class EpisodeFailed(RuntimeError):
+    """An episode could not be completed; the message names it and what was completed before it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,26 +131,56 @@ def action_chunk(reply: object, where: str) -> np.ndarray:
     return actions
 
 
-def run_episode(policy: Policy, environment: env_lib.HandoverEnv, index: int, config: EvalConfig,
-                video: list[np.ndarray] | None = None) -> EpisodeResult:
-    """One closed-loop episode; appends tiled frames to `video` when given."""
+def run_episode(policy: Policy, environment: env_lib.HandoverEnv, index: int,
+                config: EvalConfig) -> tuple[EpisodeResult, np.ndarray]:
+    """One closed-loop episode; returns its result and the executed actions (steps, 14)."""
     environment.reset((config.seed, EVAL_STREAM, index))
-    calls = 0
+    calls, executed = 0, []
     while not environment.done:
-        frames = environment.frames()
-        observation = env_lib.openpi_observation(frames, environment.state, environment.config.prompt, config.image_layout)
+        observation = environment.observation(config.image_layout)
         chunk = action_chunk(policy(observation), f"episode {index} step {environment.steps}")
         calls += 1
-        for k, action in enumerate(chunk[: config.replan_steps]):
-            if video is not None:
-                video.append(tile(frames if k == 0 else environment.frames()))
+        for action in chunk[: config.replan_steps]:
+            executed.append(action)
             if environment.step(action):
                 break
-    if video is not None:  # hold the last frame half a second, framed green on success, red on failure
-        last = tile(environment.frames())
-        last[:2], last[-2:], last[:, :2], last[:, -2:] = ((0, 200, 0) if environment.success else (220, 0, 0),) * 4
-        video.extend([last] * (environment.config.fps // 2))
-    return EpisodeResult(index, bool(environment.success), environment.steps, calls)
+    result = EpisodeResult(index, bool(environment.success), environment.steps, calls)
+    return result, np.asarray(executed, dtype=np.float64).reshape(-1, kinematics.STATE_DIM)
+
+
+def episode_video(environment: env_lib.HandoverEnv, result: EpisodeResult, config: EvalConfig,
+                  actions: np.ndarray) -> list[np.ndarray]:
+    """Tiled frames of an episode, replayed from its seed and executed actions (the world is deterministic);
+    the last frame is held half a second, framed green on success, red on failure."""
+    environment.reset((config.seed, EVAL_STREAM, result.index))
+    video = []
+    for action in actions:
+        video.append(tile(environment.frames()))
+        environment.step(action)
+    if (environment.steps, environment.success) != (result.steps, result.success):
+        raise RuntimeError(f"episode {result.index}: the replay of its {len(actions)} actions ended after "
+                           f"{environment.steps} steps, success {environment.success}; the run: {result}")
+    last = tile(environment.frames())
+    last[:2], last[-2:], last[:, :2], last[:, -2:] = ((0, 200, 0) if environment.success else (220, 0, 0),) * 4
+    return video + [last] * (environment.config.fps // 2)
+
+
+def with_retries(run: Callable[[], T], policy: object, max_retries: int, what: str) -> T:
+    """`run()`; after a connection-level failure (`RETRYABLE`), reconnect `policy` when it can (a
+    websocket client) and run again, at most `max_retries` times; then raise ConnectionError."""
+    attempt = 0
+    while True:
+        try:
+            if attempt:
+                reconnect = getattr(policy, "reconnect", None)
+                if reconnect is not None:
+                    reconnect()
+            return run()
+        except RETRYABLE as err:
+            if attempt >= max_retries:
+                raise ConnectionError(f"gave up after {attempt + 1} attempt(s): {err}") from err
+            attempt += 1
+            logger.warning("%s: %s; running it again (retry %d of %d)", what, err, attempt, max_retries)
 
 
 def evaluate(policy: Policy, environment: env_lib.HandoverEnv, config: EvalConfig,
@@ -152,7 +191,9 @@ def evaluate(policy: Policy, environment: env_lib.HandoverEnv, config: EvalConfi
     start = time.perf_counter()
     results, video = [], []
     for i in range(config.episodes):
-        result = run_episode(policy, environment, i, config, video if i < config.video_episodes else None)
+        result, actions = run_episode(policy, environment, i, config)
+        if i < config.video_episodes:
+            video += episode_video(environment, result, config, actions)
         results.append(result)
         if on_episode is not None:
             on_episode(result)

@@ -8,6 +8,7 @@ observation. Both return `{"actions": float32 (horizon, 14)}` like an openpi ser
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Callable
 
 import numpy as np
@@ -26,7 +27,7 @@ class Scripted:
     """
 
     def __init__(self, environment: env_lib.HandoverEnv, controller: Controller, horizon: int = 10,
-                 seed: int = 0) -> None:
+                 seed: int | Sequence[int] = 0) -> None:
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
         self.env = environment
@@ -56,7 +57,7 @@ class Scripted:
 class Random:
     """Uniformly random joint targets over [-pi, pi] and gripper commands over [0, 1]."""
 
-    def __init__(self, seed: int = 0, horizon: int = 10) -> None:
+    def __init__(self, seed: int | Sequence[int] = 0, horizon: int = 10) -> None:
         self.rng = np.random.default_rng(seed)
         self.horizon = horizon
 

@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from recap_ray.sim import env as env_lib
-from recap_ray.sim import evaluation, kinematics, scripted, world
+from recap_ray.sim import checks, evaluation, kinematics, scripted, world
 
 AUTONOMOUS, CORRECTING = "autonomous", "correcting"
 
@@ -34,6 +34,14 @@ class DaggerConfig:
     min_correction_s: float = 1.5  # a correction lasts at least this long ...
     max_correction_s: float = 3.0  # ... and ends once the task advanced, or after this long
     max_corrections: int = 1  # the operator steps in at most this often per episode
+
+    def __post_init__(self) -> None:
+        checks.at_least(self, drift_m=0.0, drift_s=0.0, stall_s=0.0, reaction_s=0.0, min_correction_s=0.0,
+                        max_corrections=0)
+        checks.probabilities(self, "notice_prob")
+        if self.max_correction_s < self.min_correction_s:
+            raise ValueError(f"DaggerConfig.max_correction_s must be >= min_correction_s ({self.min_correction_s!r}), "
+                             f"got {self.max_correction_s!r}")
 
 
 @dataclasses.dataclass

@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from recap_ray.sim import kinematics
+from recap_ray.sim import checks, kinematics
 
 GRIPPER_CLOSED_BELOW = 0.5  # a gripper reading below this counts as closed
 _J, _A = kinematics.JOINTS_PER_ARM, kinematics.ARM_DIM
@@ -50,6 +50,15 @@ class TaskConfig:
     home_left: tuple[float, float, float] = (-0.22, 0.14, 0.16)  # fingertip rest positions
     home_right: tuple[float, float, float] = (0.22, 0.14, 0.16)
     home_jitter: float = 0.05  # rad, random offset of every joint at the start
+
+    def __post_init__(self) -> None:
+        checks.at_least(self, fps=1, image_height=1, image_width=1, home_jitter=0.0)
+        checks.positive(self, "time_limit_s", "object_radius", "goal_radius", "grasp_radius", "joint_speed",
+                        "gripper_speed", "fall_speed")
+        checks.ranges(self, "object_x", "object_y", "goal_x", "goal_y")
+        if self.max_steps < 1:  # an episode needs a step
+            raise ValueError(f"TaskConfig.time_limit_s must give at least one step at fps {self.fps}, "
+                             f"got {self.time_limit_s!r}")
 
     @property
     def dt(self) -> float:

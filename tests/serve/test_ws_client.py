@@ -121,3 +121,20 @@ def test_refused_connection_is_a_clear_error():
 def test_endpoint_uri_rule():
     assert ws_client.endpoint_uri("localhost", 8000) == "ws://localhost:8000"
     assert ws_client.endpoint_uri("wss://host.example/path") == "wss://host.example/path"
+
+
+def test_reconnect_after_a_dropped_connection():
+    with _Server(lambda r: r, {"checkpoint": "/ckpt/7"}) as server:
+        with ws_client.WebsocketClientPolicy(f"ws://127.0.0.1:{server.port}") as client:
+            server.policy = lambda r: 1 / 0  # the server fails: traceback, then 1011
+            with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+                client({"i": 0})
+            with pytest.raises(ConnectionError, match="1011"):
+                client({"i": 1})
+            server.policy = lambda r: r
+            client.reconnect()
+            assert client({"i": 2}) == {"i": 2} and client.metadata == {"checkpoint": "/ckpt/7"}
+            server.metadata = {"checkpoint": "/ckpt/8"}  # restarted with another checkpoint
+            with pytest.raises(RuntimeError, match="'/ckpt/8', not '/ckpt/7'"):
+                client.reconnect()
+    assert len(server.headers) == 3

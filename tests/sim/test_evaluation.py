@@ -1,5 +1,6 @@
 """Closed-loop evaluation: baselines, chunk execution, interval, video and the job."""
 
+import dataclasses
 import json
 
 import av
@@ -75,3 +76,73 @@ def test_evaluate_job_writes_summary_and_video(tmp_path):
     assert len(frames) == sum(lengths[:2]) + 2 * (CFG.fps // 2)
     assert frames[0].shape == (96, 288, 3)
     assert np.all(frames[-1][0:2, 10:-10, 1] > 150) and np.all(frames[-1][0:2, 10:-10, 0] < 80)  # green frame: success
+
+
+SMALL = world.TaskConfig(image_height=48, image_width=64, time_limit_s=4.0)
+
+
+def _frames(path):
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def _same_outcome(summary):
+    return {k: v for k, v in summary.items() if k not in ("wall_s", "video")}
+
+
+def test_an_interrupted_evaluation_resumes_where_it_stopped(tmp_path, monkeypatch):
+    config = evaluate_job.Config(policy="degraded", episodes=4, video_episodes=3, output=tmp_path / "whole", task=SMALL,
+                                 max_retries=1)  # fmt: skip
+    whole = evaluate_job.main(config)
+    real, asked = evaluate_job.local_policy, []
+
+    def dies_from_episode_2(config, environment, episode):
+        asked.append(episode)
+        if episode < 2:
+            return real(config, environment, episode)
+
+        def dead(observation):
+            raise ConnectionError("connection closed: 1006")
+
+        return dead
+
+    monkeypatch.setattr(evaluate_job, "local_policy", dies_from_episode_2)
+    config = dataclasses.replace(config, output=tmp_path / "resumed")
+    with pytest.raises(evaluation.EpisodeFailed, match=r"episode 2 failed: gave up after 2 attempt.*2 of 4 episodes"):
+        evaluate_job.main(config)
+    assert asked == [0, 1, 2, 2]
+    lines = [json.loads(line) for line in (config.output / "episodes.jsonl").read_text().splitlines()]
+    assert [line["index"] for line in lines[1:]] == [0, 1] and not (config.output / "summary.json").exists()
+
+    asked.clear()
+    monkeypatch.setattr(evaluate_job, "local_policy", lambda c, e, i: asked.append(i) or real(c, e, i))
+    resumed = evaluate_job.main(config)
+    assert asked == [2, 3]  # the first two were not run again
+    assert _same_outcome(resumed) == _same_outcome(whole) and resumed["episodes"] == 4
+    assert json.loads((config.output / "summary.json").read_text()) == json.loads(json.dumps(resumed))
+    a, b = _frames(tmp_path / "whole" / "episodes.mp4"), _frames(config.output / "episodes.mp4")
+    assert a.shape == b.shape and np.abs(a.astype(int) - b).mean() < 1.0
+
+
+def test_a_rerun_with_other_settings_is_refused_and_more_episodes_extend(tmp_path):
+    config = evaluate_job.Config(policy="expert", episodes=1, video_episodes=0, output=tmp_path, task=SMALL)
+    evaluate_job.main(config)
+    with pytest.raises(ValueError, match=r"differing fields: seed: recorded 0, now 1; task.fps: recorded 30, now 15"):
+        evaluate_job.main(dataclasses.replace(config, seed=1, task=dataclasses.replace(SMALL, fps=15)))
+    assert evaluate_job.main(dataclasses.replace(config, episodes=2))["episodes"] == 2
+
+
+def test_served_evaluation_records_the_server_and_not_the_api_key(tmp_path, policy_server):
+    server = policy_server()
+    summary = evaluate_job.main(evaluate_job.Config(endpoint=server.uri, api_key="SECRET-KEY-4711", episodes=1,
+                                                    video_episodes=1, output=tmp_path, task=SMALL))  # fmt: skip
+    assert summary["server"] == {"checkpoint": "/runs/a/checkpoints/7"} and summary["policy"] == server.uri
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {p.name for p in files} == {"episodes.jsonl", "summary.json", "episodes.mp4"}
+    assert not [p for p in files if b"SECRET-KEY-4711" in p.read_bytes()]
+
+
+@pytest.mark.parametrize("choice", [{}, {"endpoint": "ws://127.0.0.1:1", "policy": "expert"}])
+def test_evaluate_needs_exactly_one_of_endpoint_and_policy(choice):
+    with pytest.raises(ValueError, match=r"exactly one of endpoint \(--endpoint.*and policy \(--policy"):
+        evaluate_job.Config(**choice)
