@@ -140,18 +140,34 @@ def decode_memory(spec: InferenceSpec) -> int:
     return _DECODE_WORKER_BYTES + 2 * spec.batch_size * (source + len(spec.cameras) * spec.image_size**2 * 3)
 
 
-def infer(spec: InferenceSpec, episodes: Sequence[tuple[int, int]], resources: Resources) -> Iterator[tuple[int, np.ndarray]]:
-    """Values of `episodes` ((index, length) pairs), yielded (index, (T,) float32) as each completes."""
+def check_fits(resources: Resources, fixed_cluster: bool) -> None:
+    """The actor pool and one decode task must fit the cluster's CPUs at once, or decoding never runs.
+
+    On a cluster that cannot grow (a local Ray this job started) that is an error; elsewhere a warning,
+    as an autoscaler may add nodes.
+    """
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    need = resources.num_actors * resources.cpus_per_actor + resources.cpus_per_decode
+    if need <= cpus:
+        return
+    message = (f"relabel: {resources.num_actors} actors x {resources.cpus_per_actor:g} CPU + a decode task "
+               f"({resources.cpus_per_decode:g} CPU) need {need:g} CPUs, the cluster has {cpus:g}")
+    if fixed_cluster:
+        raise ValueError(f"{message}; decoding would wait forever: use fewer actors (--num-actors)")
+    logger.warning("%s now; decoding waits for an autoscaler to add nodes", message)
+
+
+def infer(spec: InferenceSpec, episodes: Sequence[tuple[int, int]], resources: Resources,
+          fixed_cluster: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+    """Values of `episodes` ((index, length) pairs), yielded (index, (T,) float32) as each completes.
+
+    `fixed_cluster`: the cluster cannot grow, so a pipeline that does not fit is refused (`check_fits`).
+    """
     if not episodes:
         return
     if spec.batch_size < 1 or resources.num_actors < 1:
         raise ValueError(f"relabel: batch size {spec.batch_size} and actors {resources.num_actors} must be >= 1")
-    cpus = ray.cluster_resources().get("CPU", 0.0)
-    need = resources.num_actors * resources.cpus_per_actor + resources.cpus_per_decode
-    if need > cpus:
-        logger.warning("relabel: %d actors x %g CPU + a decode task (%g CPU) need %g CPUs, the cluster has %g now; "
-                       "decoding waits for an autoscaler (or deadlocks)", resources.num_actors, resources.cpus_per_actor,
-                       resources.cpus_per_decode, need, cpus)  # fmt: skip
+    check_fits(resources, fixed_cluster)
     rows = ray.data.from_items([{"episode_index": e} for e, _ in episodes], override_num_blocks=len(episodes))
     chunks = rows.map_batches(
         decode_chunks,

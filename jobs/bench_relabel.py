@@ -97,7 +97,7 @@ def through_ray(spec: relabel_actors.InferenceSpec, episodes: list[tuple[int, in
     """Time the Ray Data pipeline over `episodes`: total, and from the first finished episode on."""
     t0 = time.perf_counter()
     marks: list[tuple[float, int]] = []
-    for _, values in relabel_actors.infer(spec, episodes, resources):
+    for _, values in relabel_actors.infer(spec, episodes, resources, fixed_cluster=relabel_job.fixed_cluster()):
         marks.append((time.perf_counter(), values.size))
     total = time.perf_counter() - t0
     frames = sum(n for _, n in marks)

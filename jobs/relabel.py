@@ -91,6 +91,11 @@ def init_ray() -> None:
     ray.init()
 
 
+def fixed_cluster() -> bool:
+    """Whether the Ray this job uses cannot grow: the embedded one `init_ray` starts (no $RAY_ADDRESS, no autoscaler)."""
+    return not os.environ.get("RAY_ADDRESS")
+
+
 def settings(lookahead: int, positive_ratio: float, compat: str, scope: str | None,
              stop_at_intervention: bool = False) -> relabel.Settings:
     """Labelling settings; the scope defaults to pistar's global under compat pistar, else per task."""
@@ -159,7 +164,7 @@ def infer_values(config: Config, spec: relabel_actors.InferenceSpec, store: rela
         return
     init_ray()
     with tqdm.tqdm(total=sum(n for _, n in lengths), initial=done, unit="frame", desc="value inference") as bar:
-        for e, values in relabel_actors.infer(spec, todo, resources(config)):
+        for e, values in relabel_actors.infer(spec, todo, resources(config), fixed_cluster=fixed_cluster()):
             store.save(e, values)
             bar.update(values.size)
 

@@ -165,9 +165,9 @@ def test_crash_and_rerun_reuses_shards_and_matches(inputs, relabelled, monkeypat
     asked: list[list[int]] = []
     real_infer = relabel_actors.infer
 
-    def spy(spec, episodes, resources):
+    def spy(spec, episodes, resources, **kwargs):
         asked.append([e for e, _ in episodes])
-        return real_infer(spec, episodes, resources)
+        return real_infer(spec, episodes, resources, **kwargs)
 
     monkeypatch.setattr(relabel_actors, "infer", spy)
     relabel_job.main(_config(src, run, out))
@@ -312,3 +312,17 @@ def test_lerobot_opens_the_relabelled_version(relabelled, tmp_path):
     assert list(theirs["adv_ind"]) == np.concatenate(list(_columns(relabelled, "adv_ind").values())).tolist()
     np.testing.assert_array_equal(theirs["value"].reshape(-1), np.concatenate(list(_columns(relabelled, "value").values())))
     np.testing.assert_array_equal(theirs["advantage"].reshape(-1), np.concatenate(list(_columns(relabelled, "advantage").values())))
+
+
+def test_an_actor_pool_the_local_ray_cannot_fit_is_refused(inputs, ray_local, tmp_path, monkeypatch, caplog):
+    """4 actors x 1 CPU + a 1-CPU decode task on the 4-CPU local Ray: decoding could never run, so the job
+    says so instead of waiting forever; on a cluster (which may autoscale) it is a warning."""
+    src, run = inputs
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    config = dataclasses.replace(_config(src, run, tmp_path / "out"), num_actors=4, gpus_per_actor=0.0)
+    with pytest.raises(ValueError, match=r"4 actors x 1 CPU \+ a decode task \(1 CPU\) need 5 CPUs, the cluster has 4; "
+                                         r"decoding would wait forever"):  # fmt: skip
+        relabel_job.main(config)
+    assert not config.output.exists()
+    relabel_actors.check_fits(relabel_actors.Resources(num_actors=4), fixed_cluster=False)
+    assert "need 5 CPUs, the cluster has 4 now; decoding waits for an autoscaler" in caplog.text
