@@ -110,9 +110,9 @@ class AlohaInputs:
 
 @dataclasses.dataclass(frozen=True)
 class AlohaOutputs:
-    """Keep the first 14 action dims."""
+    """Keep the robot's action dims (the model's are padded to 32)."""
 
-    action_dim: int = 14  # Aloha/YAM action width
+    action_dim: int = 14  # robot action width (Aloha/YAM: 14)
 
     def __call__(self, data: Sample) -> Sample:
         return {**data, "actions": np.asarray(data["actions"])[..., : self.action_dim]}

@@ -106,8 +106,11 @@ class Policy:
                                              max_message_bytes=options.max_message_bytes)  # fmt: skip
         self._cond = input_pipeline(config, stats, prompt_tokenizer, ADV_IND)
         self._uncond = input_pipeline(config, stats, prompt_tokenizer, None) if options.cfg_beta is not None else None
+        # The robot's action width is the trained one (the actions' norm stats), which may exceed the state's
+        # (mobile Aloha: 14 joints + 2 base velocities).
+        self.action_dim = int(np.asarray(stats["actions"].q01).shape[-1]) if "actions" in stats else self.spec.state_dim
         self._outputs = transforms.policy_outputs(stats, delta_actions=config.use_delta_joint_actions,
-                                                  action_dim=self.spec.state_dim)  # fmt: skip
+                                                  action_dim=self.action_dim)  # fmt: skip
         graphdef, state = nnx.split(model)
         self._state = jax.tree.map(lambda x: jnp.asarray(x, options.param_dtype), state)
         num_steps, beta = options.num_steps, options.cfg_beta
@@ -118,7 +121,7 @@ class Policy:
         self._fixed = np.random.default_rng(options.seed).standard_normal(shape, np.float32) if options.fixed_noise else None
         self.metadata: dict[str, Any] = {
             "config": config.name, "adv_ind": ADV_IND, "cfg_beta": beta, "num_steps": num_steps,
-            "action_horizon": config.model.action_horizon, "action_dim": self.spec.state_dim,
+            "action_horizon": config.model.action_horizon, "action_dim": self.action_dim,
             "observation": self.spec.as_dict(), **(metadata or {}),
         }  # fmt: skip
 

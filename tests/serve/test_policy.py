@@ -129,6 +129,23 @@ def test_metadata(local_policy):
     assert meta["observation"]["state_dim"] == 14 and meta["checkpoint"].endswith("checkpoints/2")
 
 
+def test_actions_wider_than_the_state_are_answered_whole(policy_run, f32_policy):
+    """A robot whose actions carry more than its state (mobile Aloha: 14 joints + 2 base velocities) gets every
+    trained action dim back; the joint dims are those of the 14-wide policy."""
+    step = checkpoints.resolve(policy_run)
+    stats = dict(norm_stats.load(checkpoints.norm_stats_file(step, F32_CONFIG.asset_id)))
+    a = stats["actions"]
+    stats["actions"] = norm_stats.NormStats(*(np.concatenate([x, x[:2]]) for x in (a.mean, a.std, a.q01, a.q99)))
+    model = F32_CONFIG.model.abstract_model()
+    weights.load_into(model, checkpoints.params_dir(step))
+    tok = tokenizer.PromptTokenizer(checkpoints.tokenizer_file(step), F32_CONFIG.model.max_token_len)
+    wide = policy.Policy(F32_CONFIG, model, stats, tok, F32)
+    obs = _observations(1)[0]
+    answer = wide.infer(obs)["actions"]
+    assert answer.shape == (10, 16) and wide.metadata["action_dim"] == 16 and wide.spec.state_dim == 14
+    np.testing.assert_allclose(answer[:, :14], f32_policy.infer(obs)["actions"], rtol=1e-5, atol=1e-5)
+
+
 def test_load_errors(policy_run, tmp_path):
     with pytest.raises(ValueError, match="serve its inference twin 'pi06_tiny_infer'"):
         policy.Policy.load(policy_run, "pi06_tiny")
