@@ -1,4 +1,9 @@
-"""python -m jobs.norm_stats --dataset D [--output FILE]: openpi norm_stats.json for state and actions."""
+"""python -m jobs.norm_stats --dataset D [--config POLICY_CONFIG] [--output FILE]: openpi norm_stats.json.
+
+With --config: the stats that policy trains with (`jobs.train_policy --norm-stats`): the state, and
+the action chunks of its horizon made relative to the state where the config uses delta actions, as
+openpi computes them after its data transforms. Without: the state and action columns as stored.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobs import cli
+from recap_ray.configs import policy as policy_configs
+from recap_ray.configs import registry
 from recap_ray.data import dataset, norm_stats
+from recap_ray.train import tasks
 
 
 @dataclass(frozen=True)
@@ -19,12 +27,22 @@ class Config:
     """Column holding the state vector."""
     action_key: str = norm_stats.ACTION_KEY
     """Column holding the action vector."""
+    config: str | None = None
+    """Registered policy config whose training stats to compute (delta action chunks of its horizon)."""
 
 
 def main(config: Config) -> Path:
     out = config.output or config.dataset.with_name(config.dataset.name + ".norm_stats.json")
+    policy = registry.get(config.config) if config.config is not None else None
+    if policy is not None and not isinstance(policy, policy_configs.PolicyConfig):
+        raise ValueError(f"--config {config.config!r} is a {type(policy).__name__}, not a policy config")
+    if policy is not None and (config.state_key, config.action_key) != (norm_stats.STATE_KEY, norm_stats.ACTION_KEY):
+        raise ValueError(f"--config trains on {norm_stats.STATE_KEY!r} and {norm_stats.ACTION_KEY!r}; drop --state-key/--action-key")
     with dataset.open(config.dataset) as ds:
-        stats = norm_stats.compute(ds, {"state": config.state_key, "actions": config.action_key}, progress=True)
+        if policy is not None:
+            stats = tasks.delta_action_stats(ds, policy.model.action_horizon, policy.use_delta_joint_actions)
+        else:
+            stats = norm_stats.compute(ds, {"state": config.state_key, "actions": config.action_key}, progress=True)
     norm_stats.save(out, stats)
     return out
 

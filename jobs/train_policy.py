@@ -15,7 +15,8 @@ from jobs import cli, training
 @dataclasses.dataclass(frozen=True)
 class Config(training.Config):
     norm_stats: str | None = None
-    """openpi norm_stats.json to train with, local or gs:// (default: computed from the dataset, delta actions)."""
+    """openpi norm_stats.json to train with, local or gs:// (default: computed from the dataset, delta actions, as
+    `jobs.norm_stats --config` writes it)."""
     augment: bool = True
     """Random crop/rotate/colour jitter of training images (openpi's)."""
 

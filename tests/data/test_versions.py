@@ -133,6 +133,25 @@ def test_merge_schema_mismatch_names_the_field(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+def test_norm_stats_of_a_policy_config_are_its_training_stats(tmp_path):
+    """--config pi06_tiny: action chunks of 10, end-padded, joints minus the state (grippers absolute), by hand."""
+    root = make_dataset(tmp_path / "d", "v3.0", (40, 23))
+    stats = norm_stats.load(norm_stats_job.main(norm_stats_job.Config(root, tmp_path / "ns.json", config="pi06_tiny")))
+    chunks = []
+    with dataset.open(root) as ds:
+        for e in range(2):
+            state, action = ds.column(e, "observation.state"), ds.column(e, "action")
+            for t in range(len(action)):
+                chunk = action[[min(t + k, len(action) - 1) for k in range(10)]].copy()
+                chunk[:, [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12]] -= state[t, [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12]]
+                chunks.append(chunk)
+    chunks = np.concatenate(chunks)
+    np.testing.assert_allclose(stats["actions"].mean, chunks.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["actions"].std, chunks.std(0), rtol=1e-5)
+    with pytest.raises(ValueError, match="not a policy config"):
+        norm_stats_job.main(norm_stats_job.Config(root, tmp_path / "v.json", config="value_tiny"))
+
+
 def test_norm_stats_against_numpy(tmp_path):
     root = make_dataset(tmp_path / "d", "v3.0", (40, 55, 23))
     out = norm_stats_job.main(norm_stats_job.Config(root, tmp_path / "norm_stats.json"))
