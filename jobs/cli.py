@@ -1,17 +1,35 @@
-"""What every job entry point shares: logging set-up and tyro parsing of its config dataclass."""
+"""What every job entry point shares: logging set-up, tyro parsing of its config dataclass, and user errors.
+
+A job that stops on bad input (ValueError, FileNotFoundError, FileExistsError: a missing flag, a bad file, an
+existing output) prints one line `error: ...` naming it, without a traceback, and exits 1; set
+RECAP_TRACEBACK=1 to see the traceback.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+from types import TracebackType
 from typing import TypeVar
 
 import tyro
 
 T = TypeVar("T")
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+
+
+def _excepthook(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
+    """Report a user error on one line; anything else (or RECAP_TRACEBACK=1) with its traceback."""
+    if issubclass(kind, USER_ERRORS) and not os.environ.get("RECAP_TRACEBACK"):
+        print(f"error: {err}\n(RECAP_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
+    else:
+        sys.__excepthook__(kind, err, tb)
 
 
 def parse(config_type: type[T], description: str) -> T:
-    """Parse the command line into `config_type` and configure logging for the job."""
+    """Parse the command line into `config_type` and configure logging and error reporting for the job."""
     config = tyro.cli(config_type, description=description)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.excepthook = _excepthook
     return config

@@ -27,6 +27,9 @@ def main(config: Config) -> int:
     issues = validate.validate(config.dataset, config.require_recap, config.check_videos)
     for issue in issues:
         print(f"ERROR {issue}")
+    if any("RECAP column is missing" in issue.message for issue in issues):
+        print(f"hint: add the RECAP columns with `python -m jobs.prepare --input {config.dataset} --output NEW_DIR`, "
+              "or check a raw dataset with --no-require-recap")  # fmt: skip
     print(f"{config.dataset}: {'valid' if not issues else f'{len(issues)} error(s)'}")
     return 1 if issues else 0
 

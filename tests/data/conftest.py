@@ -64,6 +64,22 @@ def make_dataset(root: Path, version: str, lengths=(12, 15, 9), with_recap: bool
     return w.finalize()
 
 
+def make_flagged_dataset(root: Path, ends_in_success: list[bool], operator: list[list[int]]) -> Path:
+    """A raw dataset without success metadata: lerobot's per-frame `next.success` and an `operator` bool column."""
+    flag = {"dtype": "bool", "shape": [1], "names": None}
+    feats = {"observation.state": {"dtype": "float32", "shape": [2], "names": ["a", "b"]},
+             "action": {"dtype": "float32", "shape": [2], "names": ["a", "b"]}, "next.success": flag, "operator": flag}  # fmt: skip
+    w = writer.DatasetWriter(root, fps=30, features=feats, version="v3.0")
+    for last, op in zip(ends_in_success, operator):
+        n = len(op)
+        succ = np.zeros(n, bool)
+        succ[n // 2] = True  # reached mid-episode, then lost: only the last frame counts
+        succ[-1] = last
+        w.add_episode({"observation.state": np.zeros((n, 2), np.float32), "action": np.zeros((n, 2), np.float32),
+                       "next.success": succ, "operator": np.array(op, bool)}, task="t")  # fmt: skip
+    return w.finalize()
+
+
 def tree_digest(root: Path) -> dict[str, str]:
     """sha256 of every file under root, to prove a dataset was not touched."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}

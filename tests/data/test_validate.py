@@ -12,7 +12,7 @@ import pytest
 
 from jobs import validate as validate_job
 from recap_ray.data import dataset, validate, video
-from tests.data.conftest import CAMERAS, frames, tree_digest
+from tests.data.conftest import CAMERAS, frames, make_dataset, tree_digest
 
 
 def _rewrite_column(root, episode, column, fn):
@@ -136,6 +136,16 @@ def test_valid_dataset_has_no_issues_and_job_exit_codes(small_dataset, tmp_path,
     _remove_video(bad)
     assert validate_job.main(validate_job.Config(bad)) == 1
     assert "ERROR" in capsys.readouterr().out
+
+
+def test_raw_dataset_report_hints_at_prepare_once(tmp_path, capsys):
+    raw = make_dataset(tmp_path / "raw", "v3.0", (5,), with_recap=False)
+    assert validate_job.main(validate_job.Config(raw, check_videos=False)) == 1
+    out = capsys.readouterr().out
+    assert out.count("RECAP column is missing") == 5
+    assert out.count("hint:") == 1 and f"python -m jobs.prepare --input {raw}" in out and "--no-require-recap" in out
+    assert validate_job.main(validate_job.Config(raw, require_recap=False, check_videos=False)) == 0
+    assert "hint:" not in capsys.readouterr().out
 
 
 def test_inconsistent_totals(small_dataset, tmp_path):

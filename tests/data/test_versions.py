@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pyarrow as pa
@@ -12,7 +13,7 @@ from jobs import merge as merge_job
 from jobs import norm_stats as norm_stats_job
 from jobs import prepare as prepare_job
 from recap_ray.data import dataset, features, merge, norm_stats, prepare, recap_columns, versions
-from tests.data.conftest import CAMERAS, make_dataset, tree_digest
+from tests.data.conftest import CAMERAS, make_dataset, make_flagged_dataset, tree_digest
 
 
 def test_recap_columns_hand_computed():
@@ -64,7 +65,7 @@ def test_prepare_writes_a_new_version_with_lineage(tmp_path, version):
     assert record["change"].startswith("prepare")
 
 
-def test_prepare_without_success_names_the_episode(tmp_path):
+def test_prepare_without_success_names_the_episode(tmp_path, caplog):
     src = make_dataset(tmp_path / "raw", "v3.0", (5, 5), with_recap=False)
     info = dataset.open(src).meta
     # drop the success flag by rewriting a dataset without episode metadata
@@ -77,9 +78,72 @@ def test_prepare_without_success_names_the_episode(tmp_path):
         w.episodes[1].extra.pop("success")
         bare = w.finalize()
     with pytest.raises(prepare.MissingSuccess, match="episode 1"):
-        prepare.prepare(bare, tmp_path / "out")
+        prepare.prepare(bare, tmp_path / "out", default_success="error")
     assert not (tmp_path / "out").exists()
     assert info.total_frames == 10
+    with caplog.at_level(logging.WARNING):
+        out = prepare_job.main(prepare_job.Config(bare, tmp_path / "default"))  # spec recap.md §1: no marker, a failure
+    with dataset.open(out) as ds:
+        assert [ep.extra["success"] for ep in ds.meta.episodes] == [True, False]
+    assert "1 of 2 episodes carry no success flag and count as failure (--default-success), e.g. [1]" in caplog.text
+
+
+def test_prepare_reads_success_from_a_columns_last_frame_and_intervention_from_a_named_column(tmp_path):
+    src = make_flagged_dataset(tmp_path / "raw", [True, False], [[0, 1, 1, 0], [1, 0, 0, 0, 0]])
+    out = prepare_job.main(prepare_job.Config(src, tmp_path / "out", success_column="next.success",
+                                              intervention_column="operator", default_success="error"))  # fmt: skip
+    with dataset.open(out) as ds:
+        assert [ep.extra["success"] for ep in ds.meta.episodes] == [True, False]
+        np.testing.assert_array_equal(ds.column(0, "intervention"), [0, 1, 1, 0])
+        np.testing.assert_array_equal(ds.column(1, "intervention"), [1, 0, 0, 0, 0])
+        np.testing.assert_allclose(ds.column(1, "value_label"), -1.0)
+    with pytest.raises(ValueError, match=r"raw, episode 0: no column 'done'"):
+        prepare.prepare(src, tmp_path / "bad", success_column="done")
+    with pytest.raises(ValueError, match=r"raw, episode 0: no column 'teleop'"):
+        prepare.prepare(src, tmp_path / "bad", intervention_column="teleop")
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(("content", "error"), [
+    ('{"0": "true", "1": "false"}', r"succ.json, episode 0: success must be true, false, 0 or 1, got 'true'"),
+    ('{"0": true, "1": 1.0}', r"succ.json, episode 1: success must be true, false, 0 or 1, got 1.0"),
+    ('{"zero": true}', r"succ.json: key 'zero' is not an episode index"),
+    ('[0, "1"]', r"succ.json: a list must hold episode indices"),
+    ('true', r"succ.json: expected an object"),
+])  # fmt: skip
+def test_success_file_accepts_only_booleans_or_0_1(tmp_path, content, error):
+    src = make_dataset(tmp_path / "raw", "v3.0", (5, 5), with_recap=False)
+    (tmp_path / "succ.json").write_text(content)
+    with pytest.raises(ValueError, match=error):
+        prepare_job.main(prepare_job.Config(src, tmp_path / "out", success_file=tmp_path / "succ.json"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_success_file_as_a_map_of_0_1_or_a_list_of_successful_episodes(tmp_path):
+    src = make_flagged_dataset(tmp_path / "raw", [False] * 3, [[0] * 4] * 3)
+    success = lambda out: [ep.extra["success"] for ep in dataset.open(out).meta.episodes]  # noqa: E731
+    (tmp_path / "map.json").write_text('{"1": 1}')  # partial: the others take --default-success
+    assert success(prepare_job.main(prepare_job.Config(src, tmp_path / "a", success_file=tmp_path / "map.json"))) == [False, True, False]
+    out = prepare_job.main(prepare_job.Config(src, tmp_path / "b", success_file=tmp_path / "map.json", default_success="success"))
+    assert success(out) == [True, True, True]
+    (tmp_path / "list.json").write_text("[0, 2]")
+    assert success(prepare_job.main(prepare_job.Config(src, tmp_path / "c", success_file=tmp_path / "list.json"))) == [True, False, True]
+    (tmp_path / "list.json").write_text("[0, 5]")
+    with pytest.raises(ValueError, match=r"success overrides name episodes \[5\]"):
+        prepare_job.main(prepare_job.Config(src, tmp_path / "d", success_file=tmp_path / "list.json"))
+
+
+def test_prepare_job_reports_a_user_error_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    src = make_flagged_dataset(tmp_path / "raw", [True], [[0, 0]])
+    cmd = [sys.executable, "-m", "jobs.prepare", "--input", str(src), "--output", str(tmp_path / "out"), "--default-success", "error"]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [f"error: {src}, episode 0: no success flag (episode metadata 'success', a 'success' "
+                                                  "column, --success-file, --success-column, or --default-success failure|success)",
+                                                  "(RECAP_TRACEBACK=1 shows where it was raised)"]  # fmt: skip
 
 
 def test_prepare_refuses_success_overrides_for_episodes_it_lacks(tmp_path):
