@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,7 +42,11 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class RoundConfig:
-    """What one round does; the YAML file holds these fields."""
+    """What one round does; the YAML file holds these fields.
+
+    Path fields (PATH_FIELDS) are made absolute against the current directory when the config is built, so
+    round.json records paths that a next round run from any directory can use (URIs such as gs://... are kept).
+    """
 
     sources: tuple[str, ...] = ()  # new LeRobot datasets (rollouts with corrections) for this round
     previous_round: str | None = None  # previous round's DIR: its data (collected rollouts too) is merged in, its policy is the init
@@ -59,7 +64,12 @@ class RoundConfig:
     sft_steps: int | None = None  # steps of the SFT baseline a simulated round trains first (default: policy_steps)
     sft_config: str | None = None  # registered policy config of that SFT baseline (default: policy_config)
     batch_size: int | None = None  # global batch of both trainings (default: the configs')
+    cameras: tuple[str, ...] = ()  # dataset cameras as ROLE=KEY (roles base, wrist, right_wrist) for both trainings and relabel; default YAM's
     value_scale: prepare_lib.ValueScale = "episode"  # value targets: steps over each episode's length, or its task's longest
+    success_file: str | None = None  # data stage: jobs.prepare --success-file (episode indices of the merged data: previous round's first, then sources in order); relative: to the current directory
+    success_column: str | None = None  # data stage: per-frame column (e.g. next.success) whose last frame is the episode's success
+    default_success: prepare_lib.DefaultSuccess = "failure"  # data stage: episodes with no success flag (failure | success | error)
+    intervention_column: str = "intervention"  # data stage: per-frame bool/0-1 column copied into `intervention`
     lookahead: int = 50  # N of the N-step advantage
     stop_at_intervention: bool = False  # autonomous advantage windows end where the operator next takes over
     positive_ratio: float = 0.3  # fraction of autonomous frames labelled positive
@@ -77,6 +87,14 @@ class RoundConfig:
     def __post_init__(self) -> None:
         if self.value_scale not in prepare_lib.VALUE_SCALES:
             raise ValueError(f"value_scale {self.value_scale!r} is not one of {prepare_lib.VALUE_SCALES}")
+        if self.default_success not in prepare_lib.DEFAULT_SUCCESSES:
+            raise ValueError(f"default_success {self.default_success!r} is not one of {prepare_lib.DEFAULT_SUCCESSES}")
+        for name in PATH_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(_absolute(v) for v in value))
+            elif value is not None:
+                object.__setattr__(self, name, _absolute(value))
 
     @classmethod
     def from_yaml(cls, path: Path) -> "RoundConfig":
@@ -94,6 +112,15 @@ class RoundConfig:
             return cls(**raw)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from e
+
+
+PATH_FIELDS = ("sources", "previous_round", "sft_checkpoint", "tokenizer", "value_tokenizer", "value_init", "eval_baseline",
+               "success_file")  # fmt: skip
+
+
+def _absolute(path: str) -> str:
+    """`path` made absolute against the current directory; a URI (scheme://...) as it is."""
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
 
 
 def _fields(cls: type, raw: Any, where: str) -> dict[str, Any]:
@@ -172,8 +199,13 @@ def data_stage(rc: RoundConfig, out: Path) -> dict[str, Any]:
     merged = sources[0]
     if len(sources) > 1:
         merged = merge.main(merge.Config(sources=tuple(sources), output=_fresh(out / "data_merged")))
-    dataset = merged if _has_recap_columns(merged) else prepare.main(prepare.Config(input=merged, output=_fresh(out / "data")))
-    return {"outputs": {"dataset": str(dataset)}}
+    labelling = rc.success_file or rc.success_column or rc.intervention_column != "intervention"
+    if labelling or not _has_recap_columns(merged):  # labels the round sets are applied even to prepared data
+        merged = prepare.main(prepare.Config(input=merged, output=_fresh(out / "data"),
+                                             success_file=Path(rc.success_file) if rc.success_file else None,
+                                             success_column=rc.success_column, default_success=rc.default_success,
+                                             intervention_column=rc.intervention_column))  # fmt: skip
+    return {"outputs": {"dataset": str(merged.absolute())}}
 
 
 def targets_stage(rc: RoundConfig, dataset: str, out: Path) -> dict[str, Any]:
@@ -190,7 +222,7 @@ def train_stage(kind: str, rc: RoundConfig, dataset: str, run_dir: Path, init: s
     one of another kind, config or dataset).
     """
     common = dict(dataset=Path(dataset), run_dir=str(run_dir), num_workers=rc.num_workers, gpus_per_worker=rc.gpus_per_worker,
-                  batch_size=rc.batch_size, init=init, resume=True)  # fmt: skip
+                  batch_size=rc.batch_size, init=init, resume=True, cameras=tuple(rc.cameras))  # fmt: skip
     if kind == "value":
         config = training.Config(config=rc.value_config, tokenizer=rc.value_tokenizer,
                                  num_steps=steps or rc.value_steps, **common)  # fmt: skip
@@ -206,7 +238,8 @@ def relabel_stage(rc: RoundConfig, dataset: str, value_run: str, out: Path) -> d
     result = relabel.main(relabel.Config(dataset=Path(dataset), value_ckpt=value_run, output=_fresh(out),
                                          lookahead=rc.lookahead, positive_ratio=rc.positive_ratio,
                                          stop_at_intervention=rc.stop_at_intervention, num_actors=rc.num_actors,
-                                         gpus_per_actor=rc.gpus_per_actor, dtype=None))  # fmt: skip
+                                         gpus_per_actor=rc.gpus_per_actor, dtype=None,
+                                         **training.relabel_cameras(tuple(rc.cameras))))  # fmt: skip
     return {"outputs": {"dataset": str(result)}}
 
 
@@ -351,10 +384,10 @@ def main(config: Config) -> dict[str, Any]:
     if config.demo and config.experiment:
         raise ValueError("--demo and --experiment exclude each other")
     if config.demo or config.experiment:
-        return simulated(config.output, EXPERIMENT if config.experiment else DEMO, config.serve_port)
+        return simulated(config.output.absolute(), EXPERIMENT if config.experiment else DEMO, config.serve_port)
     if config.config is None:
         raise ValueError("pass --config ROUND.yaml, --demo or --experiment")
-    return run_round(RoundConfig.from_yaml(config.config), config.output)
+    return run_round(RoundConfig.from_yaml(config.config), config.output.absolute())  # outputs in round.json: absolute
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from etils import epath
 
 from recap_ray.data import versions
 from recap_ray.models import checkpoints
-from recap_ray.train import checkpointing, loop, run_record
+from recap_ray.train import checkpointing, loop, run_record, samples
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,26 @@ class Config:
     """Newest checkpoints kept."""
     loader_threads: int = 4
     """Decode threads per worker."""
+    cameras: tuple[str, ...] = ()
+    """Dataset cameras as ROLE=KEY: roles base, wrist (left), right_wrist, as relabel's --base-camera etc.; KEY none: masked; default YAM's."""
+
+
+def parse_cameras(entries: tuple[str, ...]) -> tuple[tuple[str, str | None], ...]:
+    """`--cameras ROLE=KEY ...` -> (role, dataset camera or None) pairs, roles checked."""
+    pairs = []
+    for entry in entries:
+        role, sep, key = entry.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--cameras {entry!r}: expected ROLE=KEY, e.g. base=observation.images.cam_high")
+        pairs.append((role, None if key.lower() == "none" else key))
+    samples.camera_roles(pairs)
+    return tuple(pairs)
+
+
+def relabel_cameras(entries: tuple[str, ...]) -> dict[str, str | None]:
+    """The value model's base and wrist cameras of `--cameras` as jobs.relabel's flags."""
+    roles = samples.camera_roles(parse_cameras(entries))
+    return {"base_camera": roles["base"], "wrist_camera": roles["wrist"]}
 
 
 def resolve_tokenizer(path: str | None) -> str:
@@ -71,7 +91,7 @@ def resolve_tokenizer(path: str | None) -> str:
     return str(path)
 
 
-def prepare_run_dir(config: Config, kind: str, fingerprint: str) -> None:
+def prepare_run_dir(config: Config, kind: str, fingerprint: str, cameras: dict[str, str | None] | None = None) -> None:
     """Refuse to mix runs: an existing run needs --resume (same config and dataset) or --overwrite.
 
     RUN_DIR may be a bucket (`gs://...`); one orbax cannot checkpoint to is refused here, before Ray starts.
@@ -89,8 +109,9 @@ def prepare_run_dir(config: Config, kind: str, fingerprint: str) -> None:
         raise FileExistsError(f"{run_dir} already holds a run (step {existing.get('step')}); pass --resume or --overwrite")
     mismatch = {
         field: (existing.get(field), want)
-        for field, want in (("kind", kind), ("config", config.config), ("dataset_fingerprint", fingerprint))
-        if existing.get(field) not in (None, want)
+        for field, want in (("kind", kind), ("config", config.config), ("dataset_fingerprint", fingerprint),
+                            ("cameras", cameras))
+        if want is not None and existing.get(field) not in (None, want)  # cameras None: not checked
     }
     if mismatch:
         raise ValueError(f"{run_dir}: cannot resume, the run differs: " + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in mismatch.items()))
@@ -106,7 +127,7 @@ def make_job(config: Config, kind: str, fingerprint: str, **extra: Any) -> loop.
         num_steps=config.num_steps, batch_size=config.batch_size, save_interval=config.save_interval,
         log_interval=config.log_interval, init=checkpoints.absolute_if_here(config.init), fsdp_devices=config.fsdp_devices,
         grad_accum=config.grad_accum, keep_checkpoints=config.keep_checkpoints, loader_threads=config.loader_threads,
-        **extra,
+        cameras=parse_cameras(config.cameras), **extra,
     )  # fmt: skip
 
 
@@ -126,8 +147,10 @@ def run(config: Config, kind: str, **extra: Any) -> dict[str, Any]:
     from actors import train_worker
 
     fingerprint = versions.fingerprint(config.dataset)
-    prepare_run_dir(config, kind, fingerprint)
     job = make_job(config, kind, fingerprint, **extra)
+    task = loop.make_task(job)
+    loop.check_dataset(job, task)  # here, not in the workers: Ray Train would retry a mismatch max_failures times
+    prepare_run_dir(config, kind, fingerprint, dict(task.cameras))
     connect_ray()
     resources = train_worker.Resources(
         num_workers=config.num_workers, min_workers=config.min_workers, gpus_per_worker=config.gpus_per_worker,

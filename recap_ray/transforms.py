@@ -69,6 +69,14 @@ class RepackYam:
         return out
 
 
+def repack_mapping(cameras: Mapping[str, str] | None = None) -> tuple[tuple[str, str], ...]:
+    """YAM_REPACK with its images taken from `cameras` (Aloha camera -> dataset camera) when given."""
+    if cameras is None:
+        return tuple(YAM_REPACK.items())
+    rest = tuple((k, v) for k, v in YAM_REPACK.items() if not k.startswith("images/"))
+    return tuple((f"images/{cam}", key) for cam, key in cameras.items()) + rest
+
+
 def _to_hwc_uint8(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[0] == 3 and image.shape[-1] != 3:
@@ -288,9 +296,13 @@ def policy_inputs(
     rng: np.random.Generator | None = None,
     repack: bool = True,
     delta_actions: bool = True,
+    cameras: Mapping[str, str] | None = None,
 ) -> Compose:
-    """The input pipeline for training (`repack=True`, dropout > 0) or serving (`repack=False`, dropout 0)."""
-    steps: list[Transform] = [RepackYam()] if repack else []
+    """The input pipeline for training (`repack=True`, dropout > 0) or serving (`repack=False`, dropout 0).
+
+    `cameras` (Aloha camera -> dataset camera) replaces the YAM cameras of the training repack.
+    """
+    steps: list[Transform] = [RepackYam(repack_mapping(cameras))] if repack else []
     steps.append(AlohaInputs())
     if delta_actions:
         steps.append(DeltaActions())

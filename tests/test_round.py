@@ -7,6 +7,8 @@ import contextlib
 import dataclasses
 import json
 import shutil
+import types
+from pathlib import Path
 
 import pytest
 
@@ -248,13 +250,17 @@ def test_a_crashed_training_stage_resumes_its_run(tmp_path, monkeypatch):
     class Training(Exception):
         pass
 
-    def make_job(config, kind, fingerprint, **extra):
-        raise Training(kind)
+    def connect_ray():  # the run directory was accepted: training would start here
+        raise Training(current)
 
     monkeypatch.setattr(training.versions, "fingerprint", lambda path: "fp")
-    monkeypatch.setattr(training, "make_job", make_job)
+    monkeypatch.setattr(training, "make_job", lambda config, kind, fingerprint, **extra: None)
+    monkeypatch.setattr(training.loop, "make_task", lambda job: types.SimpleNamespace(cameras={}))
+    monkeypatch.setattr(training.loop, "check_dataset", lambda job, task: None)
+    monkeypatch.setattr(training, "connect_ray", connect_ray)
     rc = round_job.RoundConfig(value_config="value_tiny", policy_config="pi06_tiny")
     for kind, config in (("value", "value_tiny"), ("policy", "pi06_tiny")):
+        current = kind
         run_record.start(tmp_path / kind, "crashed", kind=kind, config=config, dataset="/d", dataset_fingerprint="fp")
         with pytest.raises(Training, match=kind):  # past the run-directory check, into training
             round_job.train_stage(kind, rc, "/d", tmp_path / kind, None)
@@ -306,3 +312,36 @@ def test_next_round_builds_on_the_previous_rounds_collected_data_and_policy(tmp_
     assert fake.calls == []  # refused before any stage ran
     with pytest.raises(FileNotFoundError, match=r"nowhere: no round.json, not a round directory"):
         round_job.run_round(dataclasses.replace(rc, previous_round=str(tmp_path / "nowhere")), tmp_path / "r3")
+
+
+def test_round_paths_are_absolute_against_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "round.yaml"
+    path.write_text("sources: [raw, /data/b]\nprevious_round: ../r1\nsft_checkpoint: gs://bucket/sft\nsuccess_file: s.json\n")
+    rc = round_job.RoundConfig.from_yaml(path)
+    assert rc.sources == (str(tmp_path / "raw"), "/data/b") and rc.previous_round == str(tmp_path.parent / "r1")
+    assert rc.sft_checkpoint == "gs://bucket/sft" and rc.success_file == str(tmp_path / "s.json")
+    path.write_text("default_success: maybe\n")
+    with pytest.raises(ValueError, match=r"round.yaml: default_success 'maybe' is not one of"):
+        round_job.RoundConfig.from_yaml(path)
+
+
+def test_data_stage_labels_success_and_interventions_and_records_absolute_outputs(tmp_path, monkeypatch):
+    from tests.data.conftest import make_flagged_dataset
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    make_flagged_dataset(tmp_path / "a" / "raw", [True, False, True], [[0, 1, 0], [0, 0, 0, 0], [1, 1, 0]])
+    (tmp_path / "a" / "s.json").write_text('{"2": false}')
+    rc = round_job.RoundConfig(sources=("raw",), success_file="s.json", success_column="next.success",
+                               intervention_column="operator", default_success="error")  # fmt: skip
+    prev = manifest.Manifest("r1", {})
+    data = prev.run("data", {}, "merge + prepare", lambda: round_job.data_stage(rc, Path("r1")))["outputs"]["dataset"]
+    assert data == str(tmp_path / "a" / "r1" / "data")
+    with dataset.open(data) as ds:
+        assert [ep.extra["success"] for ep in ds.meta.episodes] == [True, False, False]  # episode 2: the file wins
+        assert ds.column(2, "intervention").tolist() == [1, 1, 0]
+    monkeypatch.chdir(tmp_path / "b")  # the next round, from another directory
+    rc2 = round_job.RoundConfig(previous_round=str(tmp_path / "a" / "r1"), skip_value=True)
+    assert round_job.data_stage(rc2, Path("r2"))["outputs"]["dataset"] == data

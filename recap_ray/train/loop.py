@@ -22,7 +22,7 @@ from recap_ray import tracker as tracker_lib
 from recap_ray.configs import registry
 from recap_ray.data import dataset as dataset_mod
 from recap_ray.data import versions
-from recap_ray.train import batches, checkpointing, optim, run_record, sharding, state as state_lib, step as step_lib, tasks
+from recap_ray.train import batches, checkpointing, optim, run_record, samples, sharding, state as state_lib, step as step_lib, tasks
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ class TrainJob:
     async_save: bool = True  # write checkpoints in the background
     loader_threads: int = 4  # decode threads per process
     prefetch: int = 8  # batches decoded ahead
+    cameras: tuple[tuple[str, str | None], ...] = ()  # (role, dataset camera or None: masked) over samples.YAM_CAMERA_ROLES
 
 
 @dataclasses.dataclass
@@ -69,11 +70,18 @@ class Preempted(RuntimeError):
 
 def make_task(job: TrainJob) -> tasks.Task:
     config = registry.get(job.config)
+    cameras = samples.camera_roles(job.cameras)
     if job.kind == "value":
-        return tasks.ValueTask(config, epath.Path(job.tokenizer), job.init)
+        return tasks.ValueTask(config, epath.Path(job.tokenizer), job.init, cameras)
     if job.kind == "policy":
-        return tasks.PolicyTask(config, epath.Path(job.tokenizer), job.init, job.norm_stats, job.augment)
+        return tasks.PolicyTask(config, epath.Path(job.tokenizer), job.init, job.norm_stats, job.augment, cameras)
     raise ValueError(f"TrainJob.kind must be 'value' or 'policy', got {job.kind!r}")
+
+
+def check_dataset(job: TrainJob, task: tasks.Task) -> None:
+    """Raise `samples.DatasetMismatch` when the dataset lacks a camera, column or width the task needs."""
+    with dataset_mod.open(job.dataset) as ds:
+        task.needs().check(job.dataset, ds.features, job.config)
 
 
 def _defaults(job: TrainJob, config: Any) -> tuple[int, int, int, int]:
@@ -88,13 +96,14 @@ def _defaults(job: TrainJob, config: Any) -> tuple[int, int, int, int]:
 def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_lib.Tracker | None = None) -> dict[str, Any]:
     """Run (or resume) the job to `num_steps`; returns rank 0's last metrics."""
     task = make_task(job)
+    check_dataset(job, task)
     num_steps, global_batch, save_interval, log_interval = _defaults(job, task.config)
     lead = ctx.rank == 0
     fingerprint = job.dataset_fingerprint or versions.fingerprint(job.dataset)  # reads every parquet file
     if lead:
         run_record.start(job.run_dir, job.session, kind=job.kind, config=job.config, dataset=str(job.dataset),
                          dataset_fingerprint=fingerprint, init=job.init, global_batch=global_batch,
-                         num_steps=num_steps, world_size=ctx.world_size)  # fmt: skip
+                         num_steps=num_steps, world_size=ctx.world_size, cameras=dict(task.cameras))  # fmt: skip
     mesh = sharding.make_mesh(job.fsdp_devices)
     if global_batch % (jax.device_count() * job.grad_accum):
         raise ValueError(f"global batch {global_batch} does not split over {jax.device_count()} devices x {job.grad_accum} micro-batches")

@@ -3,7 +3,7 @@
 Fields: kind, config, dataset, dataset_fingerprint, init, global_batch, num_steps, step (the last
 finished step), start_step (the step the latest (re)start resumed from), restarts (worker-group
 restarts after a failure or preemption within one job), checkpoints (the saved steps), status
-(running / finished / preempted), world_size, metrics (the last logged), session (the job
+(running / finished / preempted), world_size, cameras (camera role -> dataset camera trained on), metrics (the last logged), session (the job
 invocation), updated (UTC time).
 
 RUN_DIR may be a cloud URI (`gs://bucket/run`, `s3://bucket/run`): the file goes through

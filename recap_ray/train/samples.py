@@ -36,13 +36,64 @@ Arrays = Mapping[str, np.ndarray]
 ORDER_STREAM, DROPOUT_STREAM = 0, 1
 # Per-frame task text, added to every episode's columns.
 TASK_KEY = "task"
-# Value-model camera -> dataset camera: pistar's ValueInputs on YAM keys (the head camera is the
-# base; the first wrist camera found, the left one, is `wrist_0_rgb`; labelling adds the right).
-VALUE_CAMERAS: dict[str, str] = {
-    "base_0_rgb": "observation.images.head_camera",
-    "wrist_0_rgb": "observation.images.left_wrist_camera",
-    "right_wrist_0_rgb": "observation.images.right_wrist_camera",
+# Camera roles -> dataset cameras, YAM's by default. The roles are jobs.relabel's vocabulary (--base-camera,
+# --wrist-camera, --right-wrist-camera; `--cameras ROLE=KEY` of the training jobs); None: not fed (masked).
+YAM_CAMERA_ROLES: dict[str, str | None] = {
+    "base": "observation.images.head_camera",
+    "wrist": "observation.images.left_wrist_camera",
+    "right_wrist": "observation.images.right_wrist_camera",
 }
+# Role -> value-model camera: pistar's ValueInputs (the left wrist is `wrist_0_rgb`; labelling adds the right).
+VALUE_SLOTS: dict[str, str] = {"base": "base_0_rgb", "wrist": "wrist_0_rgb", "right_wrist": "right_wrist_0_rgb"}
+# Role -> the policy's Aloha camera (openpi's names, also the served ones).
+POLICY_SLOTS: dict[str, str] = {"base": "cam_high", "wrist": "cam_left_wrist", "right_wrist": "cam_right_wrist"}
+# Least width of observation.state and action the policy configs take: Aloha's [left 6, grip, right 6, grip] (the delta mask).
+POLICY_WIDTH = len(transforms.ALOHA_DELTA_MASK)
+
+
+def camera_roles(overrides: Mapping[str, str | None] | Sequence[tuple[str, str | None]] = ()) -> dict[str, str | None]:
+    """YAM_CAMERA_ROLES with the roles in `overrides` (role -> dataset camera, None: masked) replaced."""
+    overrides = dict(overrides)
+    unknown = sorted(set(overrides) - set(YAM_CAMERA_ROLES))
+    if unknown:
+        raise ValueError(f"unknown camera roles {unknown}; roles are {list(YAM_CAMERA_ROLES)}")
+    return {**YAM_CAMERA_ROLES, **overrides}
+
+
+def slot_cameras(roles: Mapping[str, str | None], slots: Mapping[str, str]) -> dict[str, str]:
+    """Model camera -> dataset camera for the roles that are fed."""
+    return {slots[role]: key for role, key in camera_roles(roles).items() if key is not None}
+
+
+class DatasetMismatch(ValueError):
+    """The dataset lacks what the config needs (a camera, a column, a width); the message names both."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Needs:
+    """What a sample maker reads: model camera -> dataset camera, and columns with their (least, most) width (None: any)."""
+
+    cameras: Mapping[str, str]
+    columns: Mapping[str, tuple[int, int] | None]
+
+    def check(self, root: Any, features: Mapping[str, dict], config: str) -> None:
+        """Raise `DatasetMismatch` naming the dataset `root`, the feature and what config `config` expects."""
+        cameras = feats.visual_keys(dict(features))
+        missing = {slot: key for slot, key in self.cameras.items() if key not in cameras}
+        if missing:
+            wanted = ", ".join(f"{slot} <- {key}" for slot, key in missing.items())
+            raise DatasetMismatch(
+                f"{root}: config {config} reads cameras {wanted}, not in the dataset; its cameras are {cameras}. "
+                "Map them with --cameras ROLE=KEY (roles base, wrist, right_wrist; KEY none: masked)"
+            )
+        for key, width in self.columns.items():
+            if key not in features:
+                raise DatasetMismatch(f"{root}: config {config} needs feature {key!r}, not in the dataset; its features are {sorted(features)}")  # fmt: skip
+            shape = list(features[key].get("shape") or [])
+            if width is not None and not (len(shape) == 1 and width[0] <= shape[0] <= width[1]):
+                raise DatasetMismatch(
+                    f"{root}: feature {key!r} has shape {shape}; config {config} expects a vector of width {width[0]} to {width[1]}"
+                )  # fmt: skip
 
 
 class SampleError(RuntimeError):
@@ -126,9 +177,10 @@ class SampleMaker(Protocol):
 class ValueSamples:
     """Value-model samples (what `ValueModel.loss` takes) plus the `value_label` target.
 
-    Sample: images float32 (C, S, S, 3) in [-1, 1] (cameras `config.cameras`, resized with pad;
-    pistar's augmentation runs on the device in the training step), image_masks bool (C,), tokens int32 (L,) and token_mask
-    bool (L,) of the episode task (pistar's value prompt), value_label float32 ().
+    Sample: images float32 (C, S, S, 3) in [-1, 1] (cameras `config.cameras`, resized with pad; an
+    unfed one black with mask False; pistar's augmentation runs on the device in the training step),
+    image_masks bool (C,), tokens int32 (L,) and token_mask bool (L,) of the episode task (pistar's
+    value prompt), value_label float32 (). `cameras`: role -> dataset camera (see `camera_roles`).
     """
 
     column_keys = ("value_label",)
@@ -138,23 +190,28 @@ class ValueSamples:
         config: value_config.ValueModelConfig,
         tokenizer: value_tokenizer.ValueTokenizer,
         *,
-        camera_map: Mapping[str, str] = VALUE_CAMERAS,
+        cameras: Mapping[str, str | None] = YAM_CAMERA_ROLES,
     ):
-        missing = [c for c in config.cameras if c not in camera_map]
-        if missing:
-            raise ValueError(f"ValueSamples: model cameras {missing} have no dataset camera in {dict(camera_map)}")
         if tokenizer.max_len != config.max_token_len:
             raise ValueError(
                 f"ValueSamples: tokenizer max_len {tokenizer.max_len} != config max_token_len {config.max_token_len}"
             )
         self.config = config
-        self.camera_map = dict(camera_map)
-        self.video_keys = tuple(self.camera_map[c] for c in config.cameras)
+        self.camera_map = dict(self.requirements(config, cameras).cameras)
+        self.video_keys = tuple(self.camera_map.values())
         self._tokenize = functools.lru_cache(maxsize=4096)(tokenizer.tokenize_one)
+
+    @classmethod
+    def requirements(cls, config: value_config.ValueModelConfig, cameras: Mapping[str, str | None]) -> Needs:
+        """The config's cameras that `cameras` feeds (at least one) and the value_label column."""
+        fed = {slot: key for slot, key in slot_cameras(cameras, VALUE_SLOTS).items() if slot in config.cameras}
+        if not fed:
+            raise ValueError(f"value config {config.name}: cameras {dict(cameras)} feed none of its cameras {list(config.cameras)}")  # fmt: skip
+        return Needs(cameras=fed, columns={k: None for k in cls.column_keys})
 
     def __call__(self, key: SampleKey, images: Arrays, columns: Arrays) -> Sample:
         cams = self.config.cameras
-        frames = {c: images[self.camera_map[c]][None] for c in cams}
+        frames = {c: images[self.camera_map[c]][None] for c in cams if c in self.camera_map}
         uint8, masks = value_preprocess.camera_batch_uint8(frames, cams, self.config.image_size)
         x = value_preprocess.normalize(uint8)
         tokens, token_mask = self._tokenize(str(columns[TASK_KEY][key.frame]))
@@ -168,26 +225,30 @@ class ValueSamples:
 
 
 class PolicySamples:
-    """pi0.6 policy samples: the raw YAM sample through `transforms.policy_inputs`.
+    """pi0.6 policy samples: the raw dataset sample through `transforms.policy_inputs`.
 
-    Raw sample: the 3 cameras at t, observation.state at t, action rows t..t+H-1 (past the episode
-    end the last action repeats, as lerobot's delta_timestamps clamping), prompt = the frame's task,
-    adv_ind at t (pistar models only). The advantage clause is dropped with the config's probability
-    from the sample's own generator.
+    Raw sample: the fed cameras at t (`cameras`: role -> dataset camera, see `camera_roles`; cam_high
+    is required, an unfed wrist camera is black with mask False), observation.state at t, action
+    rows t..t+H-1 (past the episode end the last action repeats, as lerobot's delta_timestamps
+    clamping), prompt = the frame's task, adv_ind at t (pistar models only). The advantage clause is
+    dropped with the config's probability from the sample's own generator.
     """
-
-    video_keys = tuple(v for k, v in transforms.YAM_REPACK.items() if k.startswith("images/"))
 
     def __init__(
         self,
         config: policy_configs.PolicyConfig,
         norm_stats: Mapping[str, norm_stats_mod.NormStats],
         tokenizer: tokenizer_mod.PromptTokenizer,
+        *,
+        cameras: Mapping[str, str | None] = YAM_CAMERA_ROLES,
     ):
         if config.adapt_to_pi:
             raise ValueError(f"PolicySamples: {config.name} sets adapt_to_pi, which the transforms do not support")
         self.config, self.norm_stats, self.tokenizer = config, norm_stats, tokenizer
-        self.column_keys = ("observation.state", "action") + (("adv_ind",) if config.model.pistar else ())
+        needs = self.requirements(config, cameras)
+        self.camera_map = dict(needs.cameras)
+        self.video_keys = tuple(self.camera_map.values())
+        self.column_keys = tuple(needs.columns)
         self.dropout = config.adv_ind_dropout_prob if config.adv_ind_dropout else 0.0
 
     def __call__(self, key: SampleKey, images: Arrays, columns: Arrays) -> Sample:
@@ -206,8 +267,22 @@ class PolicySamples:
             adv_ind_dropout=self.dropout,
             rng=key.rng(DROPOUT_STREAM) if self.dropout else None,
             delta_actions=self.config.use_delta_joint_actions,
+            cameras=self.camera_map,
         )
         return pipeline(raw)
+
+    @staticmethod
+    def requirements(config: policy_configs.PolicyConfig, cameras: Mapping[str, str | None]) -> Needs:
+        """The fed Aloha cameras (cam_high among them); state and action at least Aloha's width (its delta mask) and at
+        most the model's padded width; adv_ind for pistar models."""
+        fed = slot_cameras(cameras, POLICY_SLOTS)
+        if "cam_high" not in fed:
+            raise ValueError(f"policy config {config.name}: the base camera (cam_high) must be fed; cameras {dict(cameras)}")  # fmt: skip
+        width = (POLICY_WIDTH, config.model.action_dim)
+        columns: dict[str, tuple[int, int] | None] = {"observation.state": width, "action": width}
+        if config.model.pistar:
+            columns["adv_ind"] = None
+        return Needs(cameras=fed, columns=columns)
 
 
 def stack(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

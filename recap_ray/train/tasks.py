@@ -37,6 +37,7 @@ class ValueTask:
     config: ValueModelConfig
     tokenizer_path: epath.Path
     init: str | None  # overrides config.init_weights when set
+    cameras: Mapping[str, str | None] = dataclasses.field(default_factory=lambda: dict(samples.YAM_CAMERA_ROLES))  # role -> dataset camera  # fmt: skip
 
     kind = "value"
     keep_period = None  # pistar keeps no extra checkpoints: only the run's newest `keep`
@@ -69,9 +70,13 @@ class ValueTask:
     def loss(self) -> step_lib.LossFn:
         return step_lib.value_loss(tuple(self.config.cameras), self.config.augment)
 
+    def needs(self) -> samples.Needs:
+        """What the sample maker reads from the dataset (checked before training)."""
+        return samples.ValueSamples.requirements(self.config, self.cameras)
+
     def sample_maker(self, ds: dataset_mod.Dataset) -> samples.SampleMaker:
         tok = value_tokenizer.ValueTokenizer(self.tokenizer_path, self.config.max_token_len)
-        return samples.ValueSamples(self.config, tok)
+        return samples.ValueSamples(self.config, tok, cameras=self.cameras)
 
     def params_item(self, graphdef: nnx.GraphDef, state: state_lib.TrainState) -> dict[str, Any]:
         """pistar's value checkpoint: {params, ema_params, step}."""
@@ -107,6 +112,7 @@ class PolicyTask:
     init: str | None  # overrides config.init_params when set ("none": random)
     norm_stats_path: epath.PathLike | None  # openpi norm_stats.json (local or gs://); None computes it from the dataset
     augment: bool = True
+    cameras: Mapping[str, str | None] = dataclasses.field(default_factory=lambda: dict(samples.YAM_CAMERA_ROLES))  # role -> dataset camera  # fmt: skip
 
     kind = "policy"
     _norm_stats: Mapping[str, norm_stats_mod.NormStats] | None = None
@@ -153,9 +159,13 @@ class PolicyTask:
                 self._norm_stats = delta_action_stats(ds, self.config.model.action_horizon, self.config.use_delta_joint_actions)
         return self._norm_stats
 
+    def needs(self) -> samples.Needs:
+        """What the sample maker reads from the dataset (checked before training and before the norm stats)."""
+        return samples.PolicySamples.requirements(self.config, self.cameras)
+
     def sample_maker(self, ds: dataset_mod.Dataset) -> samples.SampleMaker:
         tok = tokenizer_mod.PromptTokenizer(self.tokenizer_path, self.config.model.max_token_len)
-        return samples.PolicySamples(self.config, self.norm_stats(ds), tok)
+        return samples.PolicySamples(self.config, self.norm_stats(ds), tok, cameras=self.cameras)
 
     def params_item(self, graphdef: nnx.GraphDef, state: state_lib.TrainState) -> dict[str, Any]:
         """openpi's params/ item: the EMA weights when the run keeps them, as openpi saves."""

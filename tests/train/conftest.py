@@ -22,8 +22,8 @@ HEIGHT, WIDTH = 24, 32
 TASKS = ("hand over the block", "pass the cup to the right")
 
 
-def state(episode: int, length: int) -> np.ndarray:
-    return (100.0 * episode + np.arange(length)[:, None] + np.arange(14)[None] / 100).astype(np.float32)
+def state(episode: int, length: int, width: int = 14) -> np.ndarray:
+    return (100.0 * episode + np.arange(length)[:, None] + np.arange(width)[None] / 100).astype(np.float32)
 
 
 def adv_ind(episode: int, frame: int) -> str:
@@ -41,21 +41,22 @@ def _frames(length: int, episode: int, camera: int) -> np.ndarray:
     return out
 
 
-def make_train_dataset(root: Path, version: str = "v3.0") -> Path:
-    """Write the dataset at `root` (episode e succeeds when e is even; task = TASKS[e % 2])."""
+def make_train_dataset(root: Path, version: str = "v3.0", cameras: tuple[str, ...] = feats.YAM_CAMERAS, width: int = 14) -> Path:  # fmt: skip
+    """Write the dataset at `root` (episode e succeeds when e is even; task = TASKS[e % 2]); `cameras` and the
+    state/action `width` default to YAM's."""
     features = {
-        "observation.state": {"dtype": "float32", "shape": [14], "names": [f"j{i}" for i in range(14)]},
-        "action": {"dtype": "float32", "shape": [14], "names": [f"j{i}" for i in range(14)]},
+        "observation.state": {"dtype": "float32", "shape": [width], "names": [f"j{i}" for i in range(width)]},
+        "action": {"dtype": "float32", "shape": [width], "names": [f"j{i}" for i in range(width)]},
         **{cam: {"dtype": "video", "shape": [HEIGHT, WIDTH, 3], "names": ["height", "width", "channels"]}
-           for cam in feats.YAM_CAMERAS},
+           for cam in cameras},
         **recap_columns.FEATURES,
     }  # fmt: skip
     w = writer.DatasetWriter(root, fps=30, features=features, version=version, robot_type="yam")
     for ep, n in enumerate(LENGTHS):
-        s = state(ep, n)
+        s = state(ep, n, width)
         intervention = (np.arange(n) % 2).astype(np.int64)
         cols = {"observation.state": s, "action": s + np.float32(0.5)}
-        cols.update({cam: _frames(n, ep, i) for i, cam in enumerate(feats.YAM_CAMERAS)})
+        cols.update({cam: _frames(n, ep, i) for i, cam in enumerate(cameras)})
         cols.update(recap_columns.compute(ep % 2 == 0, intervention))
         cols["adv_ind"] = np.asarray([adv_ind(ep, t) for t in range(n)], dtype=object)
         w.add_episode(cols, task=TASKS[ep % 2], meta={"success": ep % 2 == 0})
