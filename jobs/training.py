@@ -106,7 +106,9 @@ def prepare_run_dir(config: Config, kind: str, fingerprint: str, cameras: dict[s
     if not existing and not checkpoints.steps(run_dir):
         return
     if not config.resume:
-        raise FileExistsError(f"{run_dir} already holds a run (step {existing.get('step')}); pass --resume or --overwrite")
+        done = f"at step {existing['step']}" if existing.get("step") is not None else "that finished no step"
+        raise FileExistsError(f"{run_dir} already holds a run {done} (status {existing.get('status')}); pass --resume to "
+                              "continue it or --overwrite to start over")  # fmt: skip
     mismatch = {
         field: (existing.get(field), want)
         for field, want in (("kind", kind), ("config", config.config), ("dataset_fingerprint", fingerprint),

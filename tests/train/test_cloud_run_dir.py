@@ -69,7 +69,7 @@ def test_value_run_in_gcs_bucket_resumes(gcs_bucket, train_dataset, sentencepiec
     assert checkpoints.steps(run_dir) == [1]
     assert b"train/loss" in _events(run_dir)
 
-    with pytest.raises(FileExistsError, match=f"{run_dir} already holds a run"):
+    with pytest.raises(FileExistsError, match=f"{run_dir} already holds a run at step 1 \\(status finished\\); pass --resume"):
         training.prepare_run_dir(config, "value", fingerprint)
     with pytest.raises(ValueError, match="dataset_fingerprint was"):
         training.prepare_run_dir(dataclasses.replace(config, resume=True), "value", "another dataset")
@@ -135,3 +135,10 @@ def test_workers_get_local_paths_absolute(tmp_path, monkeypatch, sentencepiece_m
     for init in ("bundle", "none", "gs://bucket/params"):
         assert training.make_job(dataclasses.replace(config, init=init, run_dir="gs://b/run"), "value", "fp").init == init
     assert training.make_job(dataclasses.replace(config, run_dir="gs://b/run"), "value", "fp").run_dir == "gs://b/run"
+
+
+def test_a_run_that_finished_no_step_is_named_so(tmp_path):
+    run_record.start(tmp_path / "run", "s1", kind="value", config="value_tiny")  # crashed before its first step
+    config = training.Config(dataset=tmp_path / "data", config="value_tiny", run_dir=str(tmp_path / "run"))
+    with pytest.raises(FileExistsError, match=r"holds a run that finished no step \(status running\); pass --resume to continue it"):
+        training.prepare_run_dir(config, "value", "fp")
