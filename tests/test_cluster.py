@@ -14,122 +14,30 @@ One Ray version everywhere. No Ray cluster is started.
 from __future__ import annotations
 
 import ast
-import contextlib
 import dataclasses
-import importlib
-import io
-import json
 import re
-import shlex
 import tomllib
-import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
 import ray
-import tyro
 import yaml
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
+import cluster_commands as commands
 import cluster_manifests as manifests
 from cluster_manifests import (ALL_YAML, API_VERSIONS, CLUSTER, GKE_SPOT_USER_POD_S, IMAGE_TAG, KUBE_YAML, KUBERAY, LAUNCHER_YAML,
                                PROJECT_README, README, ROOT, SERVE_YAML, SPOT_SELECTORS, STAGES, GpuTarget)  # fmt: skip
-
-def _entrypoint(command: str) -> tuple[str, list[str]]:
-    """`[... --] python -m jobs.NAME ARGS` -> (NAME, ARGS)."""
-    words = shlex.split(command)
-    for i in range(len(words) - 2):
-        if words[i : i + 2] == ["python", "-m"] and words[i + 2].startswith("jobs."):
-            return words[i + 2].removeprefix("jobs."), words[i + 3 :]
-    raise AssertionError(f"not a `python -m jobs.<stage>` command: {command!r}")
-
-
-def _parse(job: str, args: list[str], where: str) -> Any:
-    """Parse `args` with the job's own CLI (the config its `main` takes); tyro's message on a bad flag."""
-    assert (ROOT / "jobs" / f"{job}.py").is_file(), f"{where}: no jobs/{job}.py"
-    config_type = typing.get_type_hints(importlib.import_module(f"jobs.{job}").main)["config"]
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            return tyro.cli(config_type, args=args)
-    except SystemExit:
-        pytest.fail(f"{where}: jobs.{job} rejects its arguments {args}:\n{err.getvalue()}")
-
-
-def _check_config_name(job: str, config: Any, where: str) -> None:
-    from recap_ray.configs import registry
-
-    name = getattr(config, "config", None)
-    if not isinstance(name, str):
-        return
-    registry.get(name)  # raises naming the closest names
-    if job == "train_value":
-        assert name.startswith("value"), f"{where}: jobs.train_value with config {name!r}"
-    if job == "train_policy":
-        assert name.startswith("pi06") and not name.endswith("_infer"), f"{where}: jobs.train_policy with config {name!r}"
-
-
-def _check_fits(config: Any, target: GpuTarget, where: str) -> None:
-    """The job's GPU request against one GPU group or node type."""
-    if gpus := getattr(config, "gpus_per_worker", 0):
-        assert gpus == target.gpus, (
-            f"{where}: --gpus-per-worker {gpus}, but {target.label} has {target.gpus:g} GPUs a pod/node "
-            "(one train worker per host owns all its GPUs)"
-        )
-        assert config.num_workers <= target.max_nodes, f"{where}: --num-workers {config.num_workers} > {target.label} max {target.max_nodes}"
-        if config.min_workers is not None:
-            assert 1 <= config.min_workers <= config.num_workers, f"{where}: --min-workers {config.min_workers} not in [1, --num-workers]"
-        assert config.cpus_per_worker <= target.cpus, f"{where}: --cpus-per-worker {config.cpus_per_worker} > {target.cpus:g} on {target.label}"
-        _check_batch(config.batch_size, config.config, range(config.min_workers or config.num_workers, config.num_workers + 1), gpus,
-                     config.grad_accum, where)  # fmt: skip
-    if gpus := getattr(config, "gpus_per_actor", None):
-        per_pod = target.gpus / gpus  # one value actor per GPU slot: actors pack whole onto a pod
-        assert per_pod >= 1 and per_pod == int(per_pod), f"{where}: --gpus-per-actor {gpus} does not divide {target.gpus:g} GPUs of {target.label}"
-        assert config.num_actors <= per_pod * target.max_nodes, (
-            f"{where}: --num-actors {config.num_actors} x {gpus} GPUs > {target.label}: {target.max_nodes} x {target.gpus:g}"
-        )
-
-
-def _check_batch(batch: int | None, name: str, workers: range, gpus: int, grad_accum: int, where: str) -> None:
-    """The global batch (`batch`, else config `name`'s) splits over the devices of every worker count (recap_ray/train/loop.py)."""
-    from recap_ray.configs import registry
-
-    batch = batch or registry.get(name).batch_size
-    for n in workers:
-        assert batch % (n * gpus * grad_accum) == 0, (
-            f"{where}: global batch {batch} of {name} does not split over {n} workers x {gpus} GPUs x {grad_accum} micro-batches"
-        )
-
-
-def _check_init(job: str, config: Any, env: set[str], where: str) -> None:
-    """jobs.train_value's initial weights are given: `--init`, or the bundle the config names in an environment variable set."""
-    from recap_ray.configs import registry
-    from recap_ray.models import value_weights
-
-    if job == "train_value" and config.init is None and registry.get(config.config).init_weights == "bundle":
-        assert value_weights.BUNDLE_ENV_VAR in env, (
-            f"{where}: config {config.config!r} starts from the bundle in ${value_weights.BUNDLE_ENV_VAR}, which is not set: pass --init"
-        )
-
-
-def _submit_env(command: str) -> set[str]:
-    """The env_vars of a `ray job submit` command's --runtime-env-json."""
-    words = shlex.split(command)
-    words = words[: words.index("--")] if "--" in words else []
-    if "--runtime-env-json" not in words:
-        return set()
-    return set(json.loads(words[words.index("--runtime-env-json") + 1]).get("env_vars", {}))
-
 
 def _policy_runs() -> set[tuple[str, str]]:
     """(run dir, config) of every jobs.train_policy RayJob."""
     runs = set()
     for path, doc in manifests.kube_docs("RayJob"):
-        job, args = _entrypoint(doc["spec"]["entrypoint"])
+        job, args = commands.entrypoint(doc["spec"]["entrypoint"])
         if job == "train_policy":
-            config = _parse(job, args, manifests.relative(path))
+            config = commands.parse(job, args, manifests.relative(path))
             runs.add((config.run_dir.rstrip("/"), config.config))
     return runs
 
@@ -289,24 +197,24 @@ def test_rayjob(path, doc):
     else:
         cluster, label = spec["rayClusterSpec"], f"{where}:rayClusterSpec"
     assert isinstance(yaml.safe_load(spec.get("runtimeEnvYAML", "")) or {}, dict), f"{where}: runtimeEnvYAML is not a mapping"
-    job, args = _entrypoint(spec["entrypoint"])
-    config = _parse(job, args, where)
-    _check_config_name(job, config, where)
+    job, args = commands.entrypoint(spec["entrypoint"])
+    config = commands.parse(job, args, where)
+    commands.check_config_name(job, config, where)
     assert getattr(config, "gpus_per_worker", 0) or getattr(config, "gpus_per_actor", None), f"{where}: jobs.{job} asks for no GPUs"
     targets = manifests.kube_gpu_targets(cluster, label)
     assert targets, f"{where}: {label} has no GPU group"
     for target in targets:
-        _check_fits(config, target, where)
+        commands.check_fits(config, target, where)
     gpu_groups = [g for g in cluster["workerGroupSpecs"] if manifests.pod_gpus(g) > 0]
     env = set((yaml.safe_load(spec.get("runtimeEnvYAML", "")) or {}).get("env_vars", {})) | set.intersection(*map(manifests.env_names, gpu_groups))
-    _check_init(job, config, env, where)
+    commands.check_init(job, config, env, where)
     mounts = manifests.mount_paths(cluster["headGroupSpec"])
     for p in (a for a in args if a.startswith("/")):
         assert p.startswith(tuple(mounts)), f"{where}: {p} is not on the shared mounts {mounts}"
 
 
 def test_rayjobs_cover_the_gpu_stages():
-    jobs = {_entrypoint(d["spec"]["entrypoint"])[0] for _, d in manifests.kube_docs("RayJob")}
+    jobs = {commands.entrypoint(d["spec"]["entrypoint"])[0] for _, d in manifests.kube_docs("RayJob")}
     assert {"train_value", "relabel", "train_policy"} <= jobs, f"RayJobs run {sorted(jobs)}"
 
 
@@ -388,8 +296,8 @@ def test_launcher_containers_see_the_shared_mounts(path):
     """Every /mnt/<dir> that cluster/README.md's commands and the launcher's commands use is mounted on the host
     (initialization_commands) and bind-mounted into the container, where the jobs run (Ray mounts only file_mounts)."""
     where, raw = manifests.relative(path), yaml.safe_load(path.read_text())
-    commands = [c for key, cs in raw.items() if key.endswith("_commands") and key != "initialization_commands" for c in cs or []]
-    used = set(re.findall(r"/mnt/[\w.-]+", "\n".join([*re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S), *commands])))
+    launched = [c for key, cs in raw.items() if key.endswith("_commands") and key != "initialization_commands" for c in cs or []]
+    used = set(re.findall(r"/mnt/[\w.-]+", "\n".join([*re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S), *launched])))
     assert used, f"{manifests.relative(README)} uses no /mnt path: nothing to check"
     binds = dict(re.findall(r"^(?:-v|--volume)[ =]([^:\s]+):([^:\s]+)", "\n".join(raw.get("docker", {}).get("run_options", [])), flags=re.M))
     for mount in sorted(used):
@@ -410,22 +318,22 @@ def test_dockerfile_workdir_belongs_to_ray():
 def test_readme_commands():
     """cluster/README.md's `python -m jobs.*` commands parse and fit every GPU group and node type."""
     blocks = "\n".join(re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)).replace("\\\n", " ")
-    commands = [line.split("#")[0].strip() for line in blocks.splitlines() if "python -m jobs." in line]
-    jobs = {_entrypoint(c)[0] for c in commands}
+    lines = [line.split("#")[0].strip() for line in blocks.splitlines() if "python -m jobs." in line]
+    jobs = {commands.entrypoint(c)[0] for c in lines}
     assert set(STAGES) <= jobs, f"{manifests.relative(README)} submits {sorted(jobs)}, missing {sorted(set(STAGES) - jobs)}"
     targets = [t for _, d in manifests.kube_docs("RayCluster") for t in manifests.kube_gpu_targets(d["spec"], d["metadata"]["name"])]
     targets += [t for p in LAUNCHER_YAML for t in manifests.launcher_gpu_targets(p)]
-    for command in commands:
-        job, args = _entrypoint(command)
+    for command in lines:
+        job, args = commands.entrypoint(command)
         where = f"{manifests.relative(README)}: jobs.{job}"
         if command.startswith("ray job submit"):
             assert "--working-dir ." in command, f"{where}: submit with --working-dir ."
             assert "--entrypoint-num-gpus" not in command, f"{where}: the driver needs no GPU; workers ask for their own"
-        config = _parse(job, args, where)
-        _check_config_name(job, config, where)
-        _check_init(job, config, _submit_env(command), where)
+        config = commands.parse(job, args, where)
+        commands.check_config_name(job, config, where)
+        commands.check_init(job, config, commands.submit_env(command), where)
         for target in targets:
-            _check_fits(config, target, where)
+            commands.check_fits(config, target, where)
 
 
 def test_round_example_trains():
@@ -440,27 +348,27 @@ def test_round_example_trains():
     trained = [rc.policy_config, *([] if rc.skip_value else [rc.value_config]), *([rc.sft_config] if rc.sft_config else [])]
     if rc.gpus_per_worker:
         for name in trained:
-            _check_batch(rc.batch_size, name, range(rc.num_workers, rc.num_workers + 1), rc.gpus_per_worker, 1, f"{where} round.yaml")
+            commands.check_batch(rc.batch_size, name, range(rc.num_workers, rc.num_workers + 1), rc.gpus_per_worker, 1, f"{where} round.yaml")
 
 
 def test_checks_catch_the_mistakes_they_are_for():
     target, base = GpuTarget("gpu", 8, 88, 4), ["--dataset", "/d", "--config", "value", "--run-dir", "/r"]
-    _check_fits(_parse("train_value", [*base, "--num-workers", "4", "--gpus-per-worker", "8"], "t"), target, "t")
-    _check_fits(_parse("train_value", [*base, "--num-workers", "4", "--min-workers", "2", "--batch-size", "96", "--gpus-per-worker", "8"], "t"), target, "t")
+    commands.check_fits(commands.parse("train_value", [*base, "--num-workers", "4", "--gpus-per-worker", "8"], "t"), target, "t")
+    commands.check_fits(commands.parse("train_value", [*base, "--num-workers", "4", "--min-workers", "2", "--batch-size", "96", "--gpus-per-worker", "8"], "t"), target, "t")
     for bad in (["--num-workers", "5", "--gpus-per-worker", "8"], ["--num-workers", "2", "--gpus-per-worker", "4"],
                 ["--num-workers", "4", "--min-workers", "3", "--gpus-per-worker", "8"]):  # batch 32 over 24 GPUs
         with pytest.raises(AssertionError):
-            _check_fits(_parse("train_value", [*base, *bad], "t"), target, "t")
-    _check_init("train_value", _parse("train_value", [*base, "--init", "/b"], "t"), set(), "t")
-    _check_init("train_value", _parse("train_value", base, "t"), {"OPENPI_VLM_CKPT_DIR"}, "t")
+            commands.check_fits(commands.parse("train_value", [*base, *bad], "t"), target, "t")
+    commands.check_init("train_value", commands.parse("train_value", [*base, "--init", "/b"], "t"), set(), "t")
+    commands.check_init("train_value", commands.parse("train_value", base, "t"), {"OPENPI_VLM_CKPT_DIR"}, "t")
     with pytest.raises(AssertionError, match="OPENPI_VLM_CKPT_DIR"):
-        _check_init("train_value", _parse("train_value", base, "t"), {"JAX_COMPILATION_CACHE_DIR"}, "t")
-    assert _submit_env("""ray job submit --runtime-env-json '{"env_vars": {"A": "1"}}' -- python -m jobs.x""") == {"A"}
+        commands.check_init("train_value", commands.parse("train_value", base, "t"), {"JAX_COMPILATION_CACHE_DIR"}, "t")
+    assert commands.submit_env("""ray job submit --runtime-env-json '{"env_vars": {"A": "1"}}' -- python -m jobs.x""") == {"A"}
     with pytest.raises(pytest.fail.Exception, match="num-worker"):
-        _parse("train_value", [*base, "--num-worker", "2"], "t")
+        commands.parse("train_value", [*base, "--num-worker", "2"], "t")
     relabel = ["--dataset", "/d", "--value-ckpt", "/c", "--output", "/o"]
-    _check_fits(_parse("relabel", [*relabel, "--num-actors", "32", "--gpus-per-actor", "1"], "t"), target, "t")
+    commands.check_fits(commands.parse("relabel", [*relabel, "--num-actors", "32", "--gpus-per-actor", "1"], "t"), target, "t")
     for bad in (["--num-actors", "33", "--gpus-per-actor", "1"], ["--num-actors", "2", "--gpus-per-actor", "3"]):
         with pytest.raises(AssertionError):
-            _check_fits(_parse("relabel", [*relabel, *bad], "t"), target, "t")
-    assert _entrypoint("ray job submit --working-dir . -- python -m jobs.prepare --input a") == ("prepare", ["--input", "a"])
+            commands.check_fits(commands.parse("relabel", [*relabel, *bad], "t"), target, "t")
+    assert commands.entrypoint("ray job submit --working-dir . -- python -m jobs.prepare --input a") == ("prepare", ["--input", "a"])
