@@ -66,7 +66,7 @@ class RoundConfig:
     batch_size: int | None = None  # global batch of both trainings (default: the configs')
     cameras: tuple[str, ...] = ()  # dataset cameras as ROLE=KEY (roles base, wrist, right_wrist) for both trainings and relabel; default YAM's
     value_scale: prepare_lib.ValueScale = "episode"  # value targets: steps over each episode's length, or its task's longest
-    success_file: str | None = None  # data stage: jobs.prepare --success-file (episode indices of the merged data: previous round's first, then sources in order); relative: to the current directory
+    success_file: str | None = None  # data stage: jobs.prepare --success-file for `sources` (episode indices of the sources merged in order); relative: to the current directory
     success_column: str | None = None  # data stage: per-frame column (e.g. next.success) whose last frame is the episode's success
     default_success: prepare_lib.DefaultSuccess = "failure"  # data stage: episodes with no success flag (failure | success | error)
     intervention_column: str = "intervention"  # data stage: per-frame bool/0-1 column copied into `intervention`
@@ -191,21 +191,23 @@ def _fresh(path: Path) -> Path:
 
 
 def data_stage(rc: RoundConfig, out: Path) -> dict[str, Any]:
+    """The round's data: its `sources` merged and, when they lack the RECAP columns or the round sets labels,
+    prepared with the round's labelling fields; then merged after the previous round's data (already prepared)."""
     sources = [Path(s) for s in rc.sources]
-    if rc.previous_round:
-        sources.insert(0, Path(previous_output(rc.previous_round, ("collect", "data"), "dataset")))  # rollouts included
-    if not sources:
+    datasets = [Path(previous_output(rc.previous_round, ("collect", "data"), "dataset"))] if rc.previous_round else []  # rollouts included
+    if not sources and not datasets:
         raise ValueError("a round needs data: set `sources` or `previous_round`")
-    merged = sources[0]
-    if len(sources) > 1:
-        merged = merge.main(merge.Config(sources=tuple(sources), output=_fresh(out / "data_merged")))
-    labelling = rc.success_file or rc.success_column or rc.intervention_column != "intervention"
-    if labelling or not _has_recap_columns(merged):  # labels the round sets are applied even to prepared data
-        merged = prepare.main(prepare.Config(input=merged, output=_fresh(out / "data"),
-                                             success_file=Path(rc.success_file) if rc.success_file else None,
-                                             success_column=rc.success_column, default_success=rc.default_success,
-                                             intervention_column=rc.intervention_column))  # fmt: skip
-    return {"outputs": {"dataset": str(merged.absolute())}}
+    if sources:
+        new = sources[0] if len(sources) == 1 else merge.main(merge.Config(sources=tuple(sources), output=_fresh(out / "data_merged")))
+        labelling = rc.success_file or rc.success_column or rc.intervention_column != "intervention"
+        if labelling or not _has_recap_columns(new):  # labels the round sets are applied even to prepared data
+            new = prepare.main(prepare.Config(input=new, output=_fresh(out / "data"),
+                                              success_file=Path(rc.success_file) if rc.success_file else None,
+                                              success_column=rc.success_column, default_success=rc.default_success,
+                                              intervention_column=rc.intervention_column))  # fmt: skip
+        datasets.append(new)
+    dataset = datasets[0] if len(datasets) == 1 else merge.main(merge.Config(sources=tuple(datasets), output=_fresh(out / "data_all")))
+    return {"outputs": {"dataset": os.path.abspath(dataset)}}
 
 
 def targets_stage(rc: RoundConfig, dataset: str, out: Path) -> dict[str, Any]:
@@ -383,11 +385,21 @@ def simulated(out: Path, setup: SimRound, serve_port: int | None = None) -> dict
 def main(config: Config) -> dict[str, Any]:
     if config.demo and config.experiment:
         raise ValueError("--demo and --experiment exclude each other")
+    output = Path(os.path.abspath(config.output))  # outputs in round.json: absolute, without `..`
     if config.demo or config.experiment:
-        return simulated(config.output.absolute(), EXPERIMENT if config.experiment else DEMO, config.serve_port)
+        return simulated(output, EXPERIMENT if config.experiment else DEMO, config.serve_port)
     if config.config is None:
         raise ValueError("pass --config ROUND.yaml, --demo or --experiment")
-    return run_round(RoundConfig.from_yaml(config.config), config.output.absolute())  # outputs in round.json: absolute
+    record = run_round(RoundConfig.from_yaml(config.config), output)
+    print(summary(record))
+    return record
+
+
+def summary(record: dict[str, Any]) -> str:
+    """One line a stage (status, seconds, outputs), then where the manifest is."""
+    lines = [f"{name:9} {entry['status']:7} {entry.get('seconds', 0):8.1f} s  " + "  ".join(f"{k}: {v}" for k, v in entry.get("outputs", {}).items())
+             for name, entry in record["stages"].items()]  # fmt: skip
+    return "\n".join([*lines, f"round manifest: {Path(record['round']) / manifest_lib.FILE}"])
 
 
 if __name__ == "__main__":

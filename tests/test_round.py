@@ -10,12 +10,13 @@ import shutil
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jobs import collect, make_dataset, training
 from jobs import round as round_job
 from recap_ray import manifest
-from recap_ray.data import dataset
+from recap_ray.data import dataset, features, recap_columns, writer
 from recap_ray.sim import policies, world
 from recap_ray.train import run_record
 
@@ -213,6 +214,9 @@ def test_simulated_round_wires_each_stage_to_the_last_ones_outputs(tmp_path, mon
     ]
     assert [s["status"] for s in record["stages"].values()] == ["done"] * 8
     assert record["stages"]["sft"]["command"] == "jobs.train_policy --config scratch (data labels)"
+    lines = round_job.summary(record).splitlines()
+    assert [line.split()[:2] for line in lines[:-1]] == [[name, "done"] for name in record["stages"]]
+    assert f"run_dir: {out('policy')}" in lines[6] and lines[-1] == f"round manifest: {tmp_path / 'round' / manifest.FILE}"
 
 
 def test_each_round_of_a_chain_collects_from_new_start_states(tmp_path, monkeypatch):
@@ -312,6 +316,31 @@ def test_next_round_builds_on_the_previous_rounds_collected_data_and_policy(tmp_
     assert fake.calls == []  # refused before any stage ran
     with pytest.raises(FileNotFoundError, match=r"nowhere: no round.json, not a round directory"):
         round_job.run_round(dataclasses.replace(rc, previous_round=str(tmp_path / "nowhere")), tmp_path / "r3")
+
+
+def _raw_copy(src, root):
+    """`src` without the RECAP columns and success flags: new rollouts as a recorder writes them."""
+    with dataset.open(src) as ds:
+        kept = {k: v for k, v in ds.features.items() if k not in features.DEFAULT_FEATURES and k not in recap_columns.COLUMNS}
+        w = writer.DatasetWriter(root, fps=ds.meta.fps, features=kept, version=ds.version)
+        for ep in range(ds.num_episodes):
+            w.add_episode_from(ds, ep)
+            w.episodes[-1].extra.pop("success", None)
+        return w.finalize()
+
+
+def test_a_next_round_prepares_its_raw_sources_before_merging_the_previous_rounds_data(tmp_path, tiny_datasets):
+    """Round 2: the previous round's prepared data plus new raw rollouts (merge refused a raw source beside prepared data)."""
+    a, b = tiny_datasets
+    raw = _raw_copy(b, tmp_path / "new_rollouts")
+    prev = manifest.Manifest(tmp_path / "r1", {})
+    prev.run("data", {}, "merge + prepare", lambda: {"outputs": {"dataset": str(a)}})
+    rc = round_job.RoundConfig(previous_round=str(tmp_path / "r1"), sources=(str(raw),), skip_value=True, success_file=None)
+    out = round_job.data_stage(rc, tmp_path / "r2")["outputs"]["dataset"]
+    with dataset.open(out) as merged, dataset.open(a) as old:
+        assert merged.num_episodes == old.num_episodes + 1 and all(c in merged.features for c in recap_columns.COLUMNS)
+        assert merged.meta.episodes[-1].extra["success"] is False  # no flag: a failure (spec recap.md §1)
+        np.testing.assert_array_equal(merged.column(old.num_episodes, "reward"), recap_columns.compute(False, np.zeros(merged.meta.episodes[-1].length, np.int64), None)["reward"])  # fmt: skip
 
 
 def test_round_paths_are_absolute_against_the_current_directory(tmp_path, monkeypatch):
