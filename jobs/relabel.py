@@ -67,7 +67,7 @@ class Config:
     dtype: str | None = "bfloat16"
     """Inference dtype; None for pistar's mixed precision (f32 Gemma, bf16 SigLIP)."""
     base_camera: str = "observation.images.head_camera"
-    """Dataset camera fed as base_0_rgb."""
+    """Dataset camera fed as base_0_rgb (all three left at their defaults: the value run's, from its run.json)."""
     wrist_camera: str | None = "observation.images.left_wrist_camera"
     """Dataset camera fed as wrist_0_rgb (None: masked, as pistar without a wrist image)."""
     right_wrist_camera: str | None = None
@@ -124,6 +124,22 @@ def resolve_checkpoint(config: Config) -> tuple[epath.Path, str, epath.Path | No
     return step, name, tokenizer
 
 
+_CAMERA_FLAGS = {"base_camera": "base", "wrist_camera": "wrist", "right_wrist_camera": "right_wrist"}  # flag -> training role
+
+
+def with_run_cameras(config: Config, step: epath.Path, name: str) -> Config:
+    """`config` with the cameras the value run was trained on (run.json's `cameras`, from its `--cameras`) when
+    the camera flags are all left at their defaults; the right wrist only for a value config that takes it."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Config) if f.name in _CAMERA_FLAGS}
+    recorded = (checkpoints.run_info(step) or {}).get("cameras") or {}
+    if not recorded or any(getattr(config, flag) != default for flag, default in defaults.items()):
+        return config
+    takes_right = "right_wrist_0_rgb" in registry.get(name).cameras
+    chosen = {flag: recorded.get(role, getattr(config, flag)) for flag, role in _CAMERA_FLAGS.items()
+              if flag != "right_wrist_camera" or takes_right}  # fmt: skip
+    return dataclasses.replace(config, **chosen)
+
+
 def inference_spec(config: Config, params: epath.PathLike, name: str,
                    tokenizer: epath.PathLike | None) -> relabel_actors.InferenceSpec:
     """What every decode task and value actor is given."""
@@ -136,7 +152,8 @@ def inference_spec(config: Config, params: epath.PathLike, name: str,
     with dataset_mod.open(config.dataset) as ds:
         unknown = [key for _, key in cameras if key not in ds.meta.features]
         if unknown:
-            raise ValueError(f"{config.dataset}: no camera {unknown}; cameras are {ds.meta.video_keys}")
+            raise ValueError(f"{config.dataset}: no camera {unknown}; cameras are {ds.meta.video_keys} "
+                             "(--base-camera, --wrist-camera, --right-wrist-camera)")
     return relabel_actors.InferenceSpec(
         dataset=str(config.dataset.resolve()), config=name, params=str(checkpoints.absolute(params)),
         tokenizer=None if tokenizer is None else str(checkpoints.absolute(tokenizer)),
@@ -176,6 +193,7 @@ def main(config: Config) -> Path:
     labelling = settings(config.lookahead, config.positive_ratio, config.compat, config.threshold_scope,
                          config.stop_at_intervention)  # fmt: skip
     step, name, tokenizer = resolve_checkpoint(config)
+    config = with_run_cameras(config, step, name)
     params = checkpoints.params_dir(step)
     spec = inference_spec(config, params, name, tokenizer)
     with dataset_mod.open(config.dataset) as ds:

@@ -155,10 +155,7 @@ def _has_recap_columns(path: Path) -> bool:
 
 def previous_output(previous_round: str, stages: tuple[str, ...], key: str) -> str:
     """Output `key` of the first of `stages` the round in `previous_round` ran (else the last), which must be done."""
-    path = Path(previous_round) / manifest_lib.FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"previous_round {previous_round}: no {manifest_lib.FILE}, not a round directory")
-    recorded = json.loads(path.read_text())["stages"]
+    recorded = recorded_round(previous_round)["stages"]
     stage = next((s for s in stages if s in recorded), stages[-1])
     entry = recorded.get(stage, {"status": manifest_lib.PENDING})
     if entry["status"] != manifest_lib.DONE:
@@ -175,11 +172,16 @@ def chain_position(rc: RoundConfig) -> int:
         if str(Path(previous).resolve()) in seen:
             raise ValueError(f"previous_round links loop: {' -> '.join(seen)} -> {previous}")
         seen.append(str(Path(previous).resolve()))
-        path = Path(previous) / manifest_lib.FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"previous_round {previous}: no {manifest_lib.FILE}, not a round directory")
-        previous = json.loads(path.read_text())["config"].get("previous_round")
+        previous = recorded_round(previous)["config"].get("previous_round")
     return len(seen)
+
+
+def recorded_round(round_dir: str) -> dict[str, Any]:
+    """What a previous round's round.json records (its config and stages)."""
+    path = Path(round_dir) / manifest_lib.FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"previous_round {round_dir}: no {manifest_lib.FILE}, not a round directory")
+    return json.loads(path.read_text())
 
 
 def _fresh(path: Path) -> Path:
@@ -285,7 +287,12 @@ def evaluate_stage(rc: RoundConfig, policies: dict[str, str], out: Path) -> dict
 
 
 def run_round(rc: RoundConfig, out: Path, *, sft_stage: bool = False) -> dict[str, Any]:
-    """Run (or resume) the round's stages in order; returns round.json's contents."""
+    """Run (or resume) the round's stages in order; returns round.json's contents.
+
+    A round building on another without `cameras` of its own takes the previous round's.
+    """
+    if rc.previous_round and not rc.cameras:
+        rc = dataclasses.replace(rc, cameras=tuple(recorded_round(rc.previous_round)["config"].get("cameras", ())))
     m = manifest_lib.Manifest(out, {k: v for k, v in dataclasses.asdict(rc).items() if k != "serve_port"})
     init = rc.sft_checkpoint
     if rc.previous_round:  # looked up before any stage runs: an unfinished previous round is refused here

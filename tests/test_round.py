@@ -343,6 +343,17 @@ def test_a_next_round_prepares_its_raw_sources_before_merging_the_previous_round
         np.testing.assert_array_equal(merged.column(old.num_episodes, "reward"), recap_columns.compute(False, np.zeros(merged.meta.episodes[-1].length, np.int64), None)["reward"])  # fmt: skip
 
 
+def test_a_next_round_without_cameras_takes_the_previous_rounds(tmp_path, monkeypatch):
+    prev = manifest.Manifest(tmp_path / "r1", {"cameras": ["base=observation.images.cam_high"], "previous_round": None})
+    prev.run("data", {}, "prepare", lambda: {"outputs": {"dataset": str(tmp_path)}})
+    prev.run("policy", {}, "train", lambda: {"outputs": {"run_dir": str(tmp_path)}})
+    _FakeStages(monkeypatch, tmp_path)
+    record = round_job.run_round(round_job.RoundConfig(previous_round=str(tmp_path / "r1"), skip_value=True), tmp_path / "r2")
+    assert record["config"]["cameras"] == ["base=observation.images.cam_high"]
+    own = round_job.RoundConfig(previous_round=str(tmp_path / "r1"), skip_value=True, cameras=("base=observation.images.top",))
+    assert round_job.run_round(own, tmp_path / "r3")["config"]["cameras"] == ["base=observation.images.top"]
+
+
 def test_round_paths_are_absolute_against_the_current_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "round.yaml"

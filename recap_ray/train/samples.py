@@ -84,7 +84,8 @@ class Needs:
             wanted = ", ".join(f"{slot} <- {key}" for slot, key in missing.items())
             raise DatasetMismatch(
                 f"{root}: config {config} reads cameras {wanted}, not in the dataset; its cameras are {cameras}. "
-                "Map them with --cameras ROLE=KEY (roles base, wrist, right_wrist; KEY none: masked)"
+                "Map them with --cameras ROLE=KEY (a round's YAML: cameras: [ROLE=KEY, ...]; roles base, wrist, right_wrist; "
+                "KEY none: masked)"
             )
         for key, width in self.columns.items():
             if key not in features:

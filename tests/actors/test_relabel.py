@@ -23,6 +23,7 @@ from jobs import rethreshold
 from recap_ray.configs import registry
 from recap_ray.data import dataset, meta, recap_columns, validate, versions, writer
 from recap_ray.models import checkpoints, value_infer, value_preprocess
+from recap_ray.train import run_record
 from recap_ray.recap import labels, relabel
 from tests.data.conftest import episode_columns, features, make_dataset, tree_digest
 from tests.interop import peers
@@ -326,3 +327,18 @@ def test_an_actor_pool_the_local_ray_cannot_fit_is_refused(inputs, ray_local, tm
     assert not config.output.exists()
     relabel_actors.check_fits(relabel_actors.Resources(num_actors=4), fixed_cluster=False)
     assert "need 5 CPUs, the cluster has 4 now; decoding waits for an autoscaler" in caplog.text
+
+
+def test_relabel_feeds_the_cameras_the_value_run_was_trained_on(inputs, tmp_path):
+    """A value run trained with --cameras records them in run.json; relabel uses them unless a camera flag is given."""
+    src, run = inputs
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    run_record.update(copy, cameras={"base": "observation.images.cam_high", "wrist": None, "right_wrist": "observation.images.cam_r"})
+    step = checkpoints.resolve(copy)
+    chosen = relabel_job.with_run_cameras(_config(src, copy, tmp_path / "out"), step, "value_tiny")
+    assert (chosen.base_camera, chosen.wrist_camera, chosen.right_wrist_camera) == ("observation.images.cam_high", None, None)
+    given = _config(src, copy, tmp_path / "out", wrist_camera="observation.images.w")
+    assert relabel_job.with_run_cameras(given, step, "value_tiny") == given  # a flag given: the flags as they are
+    plain = _config(src, run, tmp_path / "out")
+    assert relabel_job.with_run_cameras(plain, checkpoints.resolve(run), "value_tiny") == plain  # trained on YAM's
