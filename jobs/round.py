@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from jobs import cli, collect, evaluate, make_dataset, merge, prepare, relabel, serve, train_policy, train_value, training
+from jobs import cli, collect, evaluate, merge, prepare, relabel, serve, train_policy, train_value, training
 from recap_ray import manifest as manifest_lib
 from recap_ray.configs import registry
 from recap_ray.data import dataset as dataset_mod
@@ -334,67 +334,14 @@ def run_round(rc: RoundConfig, out: Path, *, sft_stage: bool = False) -> dict[st
     return m.data
 
 
-# ----------------------------------------------------------------------------- simulated rounds
-
-
-@dataclasses.dataclass(frozen=True)
-class SimRound:
-    """A round on the simulated task: its config (sources and tokenizers are filled in) and the data generated for it."""
-
-    round: RoundConfig  # the round, SFT baseline included
-    demos: int  # expert demonstrations generated for the data stage
-    rollouts: int  # DAgger rollouts of the scripted degraded controller generated beside them
-
-
-DEMO = SimRound(RoundConfig(policy_config="pi06_sim", value_config="value_tiny", value_steps=100, policy_steps=150,
-                            batch_size=8, lookahead=10, eval_episodes=10), demos=20, rollouts=40)  # fmt: skip
-# The handover with wider grasp and goal tolerances and half the spread of object and goal starts: on the
-# full task the CPU-size policy grasps in 28% of episodes and completes none (BENCHMARKS.md "RECAP vs SFT").
-EXPERIMENT_TASK = world.TaskConfig(grasp_radius=0.05, goal_radius=0.07, object_x=(-0.27, -0.17), object_y=(0.2, 0.3),
-                                   goal_x=(0.17, 0.27), goal_y=(0.2, 0.3))  # fmt: skip
-# BENCHMARKS.md "RECAP vs SFT": SFT on demos and scripted DAgger rollouts, 120 rollouts of the served SFT
-# policy with up to 3 corrections each, value model on the task's steps-to-success scale, relabel with
-# windows stopped at corrections, RECAP fine-tune from SFT on a fine-tuning schedule; both policies served
-# with guidance 2, 200 episodes each.
-EXPERIMENT = SimRound(RoundConfig(policy_config="pi06_sim_small_ft", sft_config="pi06_sim_small", value_config="value_sim",
-                                  sft_steps=3000, policy_steps=2000, value_steps=6000, batch_size=32, lookahead=30, value_scale="task",
-                                  stop_at_intervention=True, cfg_beta=2.0, collect_rollouts=120, eval_episodes=200,
-                                  task=EXPERIMENT_TASK, dagger=session.DaggerConfig(max_corrections=3)),
-                      demos=40, rollouts=40)  # fmt: skip
-
-
-def simulated(out: Path, setup: SimRound, serve_port: int | None = None) -> dict[str, Any]:
-    """Simulated data, a tokenizer trained here, an SFT baseline and a RECAP round, both evaluated."""
-    from recap_ray import demo_assets
-
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = demo_assets.tokenizer(out / "tokenizer")
-    generated = out / "generated"
-    if not (generated / "meta" / "info.json").is_file():
-        shutil.rmtree(generated, ignore_errors=True)
-        make_dataset.main(make_dataset.Config(output=generated, demos=setup.demos, rollouts=setup.rollouts, workers=1,
-                                              task=setup.round.task, dagger=setup.round.dagger))  # fmt: skip
-    rc = dataclasses.replace(setup.round, sources=(str(generated),), tokenizer=str(tokenizer), value_tokenizer=str(tokenizer),
-                             serve_port=serve_port or setup.round.serve_port)  # fmt: skip
-    record = run_round(rc, out / "round", sft_stage=True)
-    table = record["stages"].get("evaluate", {}).get("metrics", {})
-    lines = ["", "policy     success  95% CI          episodes", "---------  -------  --------------  --------"]
-    for label, m in table.items():
-        lo, hi = m["success_rate_ci95"]
-        name = "SFT" if label == "baseline" else "RECAP"
-        lines.append(f"{name:9}  {m['success_rate']:7.2f}  [{lo:.2f}, {hi:.2f}]    {m['successes']}/{m['episodes']}")
-    lines += ["", f"round manifest: {out / 'round' / manifest_lib.FILE}", f"TensorBoard:    tensorboard --logdir {out}",
-              f"relabel plots:  {out / 'round' / 'relabeled.relabel'}"]  # fmt: skip
-    print("\n".join(lines))
-    return record
-
-
 def main(config: Config) -> dict[str, Any]:
     if config.demo and config.experiment:
         raise ValueError("--demo and --experiment exclude each other")
     output = Path(os.path.abspath(config.output))  # outputs in round.json: absolute, without `..`
     if config.demo or config.experiment:
-        return simulated(output, EXPERIMENT if config.experiment else DEMO, config.serve_port)
+        from jobs import sim_round  # it builds on this module
+
+        return sim_round.simulated(output, sim_round.EXPERIMENT if config.experiment else sim_round.DEMO, config.serve_port)
     if config.config is None:
         raise ValueError("pass --config ROUND.yaml, --demo or --experiment")
     record = run_round(RoundConfig.from_yaml(config.config), output)
