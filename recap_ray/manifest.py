@@ -10,6 +10,7 @@ every stage downstream of it. Writes are atomic (temp file + rename).
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import logging
 import os
@@ -80,9 +81,12 @@ class Manifest:
 
     def done(self, name: str, inputs: dict[str, Any]) -> bool:
         """Finished on these `inputs` (same content as then), and every output it recorded still exists."""
+        return self._done(name, lambda: _stored(inputs_id(inputs)))
+
+    def _done(self, name: str, ids: Callable[[], Any]) -> bool:
         entry = self.stage(name)
         return (entry["status"] == DONE and all(Path(p).exists() for p in entry.get("outputs", {}).values())
-                and entry.get("inputs_id") == _stored(inputs_id(inputs)))  # fmt: skip
+                and entry.get("inputs_id") == ids())  # fmt: skip
 
     def run(self, name: str, inputs: dict[str, Any], command: str, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """Run `body` unless the stage is done; body returns {"outputs": {...}, "metrics": {...}, "checkpoints": [...]}.
@@ -91,12 +95,12 @@ class Manifest:
         recorded inside the round directory are removed first (a training stage would otherwise resume its
         finished run); outputs elsewhere (a source dataset) are never touched.
         """
-        if self.done(name, inputs):
+        ids = functools.cache(lambda: _stored(inputs_id(inputs)))  # fingerprints read every parquet file: once
+        if self._done(name, ids):
             return self.stage(name)
         if self.stage(name)["status"] == DONE:
             self._remove_outputs(name)
-        entry = {"status": RUNNING, "inputs": inputs, "command": command, "started": _now(),
-                 "inputs_id": _stored(inputs_id(inputs))}  # fmt: skip
+        entry = {"status": RUNNING, "inputs": inputs, "command": command, "started": _now(), "inputs_id": ids()}
         self.data["stages"][name] = entry
         self.save()
         start = time.perf_counter()
