@@ -3,6 +3,8 @@
 With --config: the stats that policy trains with (`jobs.train_policy --norm-stats`): the state, and
 the action chunks of its horizon made relative to the state where the config uses delta actions, as
 openpi computes them after its data transforms. Without: the state and action columns as stored.
+The file says which under "recap_ray" (openpi ignores it), and `train_policy --norm-stats` refuses
+stats made for other actions than the policy's.
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ def main(config: Config) -> Path:
     with dataset.open(config.dataset) as ds:
         if policy is not None:
             stats = tasks.delta_action_stats(ds, policy.model.action_horizon, policy.use_delta_joint_actions)
+            computed_as = tasks.stats_provenance(policy, config.config)
         else:
             stats = norm_stats.compute(ds, {"state": config.state_key, "actions": config.action_key}, progress=True)
-    norm_stats.save(out, stats)
+            computed_as = {"actions": "stored", "state_key": config.state_key, "action_key": config.action_key}
+    norm_stats.save(out, stats, computed_as)
     return out
 
 

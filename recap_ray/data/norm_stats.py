@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from etils import epath
@@ -22,6 +24,7 @@ NUM_BINS = 5000
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 OPENPI_KEYS = {"state": STATE_KEY, "actions": ACTION_KEY}
+PROVENANCE_KEY = "recap_ray"  # beside "norm_stats": {"actions": "stored" | "chunks" | "delta_chunks", ...}
 
 
 @dataclass(frozen=True)
@@ -115,22 +118,26 @@ def _edges(lo: np.ndarray, hi: np.ndarray, num_bins: int) -> np.ndarray:
     return np.linspace(lo, hi, num_bins + 1, axis=1)
 
 
-def dumps(stats: dict[str, NormStats]) -> str:
-    """openpi's norm_stats.json text: {"norm_stats": {key: {mean, std, q01, q99}}}."""
+def dumps(stats: dict[str, NormStats], computed_as: Mapping[str, Any] | None = None) -> str:
+    """openpi's norm_stats.json text: {"norm_stats": {key: {mean, std, q01, q99}}}, plus how the actions were
+    computed under PROVENANCE_KEY when known (openpi's reader ignores keys it does not know)."""
     body = {
         key: {"mean": s.mean.tolist(), "std": s.std.tolist(), "q01": s.q01.tolist(), "q99": s.q99.tolist()}
         for key, s in stats.items()
     }
-    return json.dumps({"norm_stats": body}, indent=2)
+    data: dict[str, Any] = {"norm_stats": body}
+    if computed_as is not None:
+        data[PROVENANCE_KEY] = dict(computed_as)
+    return json.dumps(data, indent=2)
 
 
-def save(path: str | Path, stats: dict[str, NormStats]) -> None:
+def save(path: str | Path, stats: dict[str, NormStats], computed_as: Mapping[str, Any] | None = None) -> None:
     """Write openpi's norm_stats.json atomically (a temporary file renamed over it: a crash leaves no half file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(dumps(stats))
+        tmp.write_text(dumps(stats, computed_as))
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -154,6 +161,12 @@ def load(path: epath.PathLike) -> dict[str, NormStats]:
         q99 = np.asarray(s["q99"], np.float64) if s.get("q99") is not None else mean
         out[key] = NormStats(mean=mean, std=np.asarray(s["std"], np.float64), q01=q01, q99=q99)
     return out
+
+
+def computed_as(path: epath.PathLike) -> dict[str, Any] | None:
+    """How a norm_stats.json we wrote computed its actions (PROVENANCE_KEY); None for a file without it (openpi's)."""
+    marker = json.loads(epath.Path(path).read_text()).get(PROVENANCE_KEY)
+    return dict(marker) if isinstance(marker, Mapping) else None
 
 
 def compute(dataset: object, keys: dict[str, str] | None = None, progress: bool = False) -> dict[str, NormStats]:

@@ -79,9 +79,12 @@ def make_task(job: TrainJob) -> tasks.Task:
 
 
 def check_dataset(job: TrainJob, task: tasks.Task) -> None:
-    """Raise `samples.DatasetMismatch` when the dataset lacks a camera, column or width the task needs."""
+    """Raise `samples.DatasetMismatch` when the dataset lacks a camera, column or width the task needs, and
+    ValueError when a policy's given norm stats are not its training stats for this data."""
     with dataset_mod.open(job.dataset) as ds:
         task.needs().check(job.dataset, ds.features, job.config)
+        if isinstance(task, tasks.PolicyTask) and task.norm_stats_path is not None:
+            tasks.check_norm_stats(task.norm_stats_path, task.config, job.config, ds.features)
 
 
 def _defaults(job: TrainJob, config: Any) -> tuple[int, int, int, int]:

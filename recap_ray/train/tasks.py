@@ -103,6 +103,33 @@ def delta_action_stats(ds: dataset_mod.Dataset, horizon: int, delta: bool) -> di
     return {k: r.result() for k, r in running.items()}
 
 
+def stats_provenance(config: policy_configs.PolicyConfig, name: str) -> dict[str, Any]:
+    """What `delta_action_stats` computed for policy config `name`, as recorded in the norm_stats.json."""
+    return {"actions": "delta_chunks" if config.use_delta_joint_actions else "chunks",
+            "action_horizon": config.model.action_horizon, "config": name}  # fmt: skip
+
+
+def check_norm_stats(path: epath.PathLike, config: policy_configs.PolicyConfig, name: str, features: Mapping[str, dict]) -> None:
+    """Refuse a norm_stats.json that is not policy config `name`'s training stats for this data: one we wrote for
+    other actions (the stored columns, another horizon, absolute vs delta) or narrower than the dataset's vectors.
+    A file without our marker (openpi's own, computed after its transforms) is taken as given."""
+    stats = norm_stats_mod.load(path)
+    marker = norm_stats_mod.computed_as(path)
+    wanted = stats_provenance(config, name)
+    if marker is not None and any(marker.get(k) != wanted[k] for k in ("actions", "action_horizon")):
+        got = f"{marker.get('actions')} actions" + (f" of horizon {marker['action_horizon']}" if "action_horizon" in marker else "")
+        raise ValueError(
+            f"{path}: norm stats of {got}, but config {name} trains on {wanted['actions']} of horizon "
+            f"{wanted['action_horizon']}; write its stats with `python -m jobs.norm_stats --dataset D --config {name}`"
+        )
+    for key, column in (("state", "observation.state"), ("actions", "action")):
+        width = list(features.get(column, {}).get("shape") or [])
+        if key not in stats:
+            raise ValueError(f"{path}: no norm stats for {key!r} (config {name} normalizes state and actions)")
+        if len(width) == 1 and stats[key].mean.shape[-1] < width[0]:  # wider is fine: normalization takes the first dims
+            raise ValueError(f"{path}: norm stats for {key!r} are {stats[key].mean.shape[-1]} wide, the dataset's {column!r} {width[0]}")
+
+
 @dataclasses.dataclass
 class PolicyTask:
     """pi0.6 fine-tuning: flow matching, adv_ind in the prompt with dropout, openpi's params/ out."""

@@ -1,0 +1,53 @@
+"""`train_policy --norm-stats FILE`: a file `jobs.norm_stats` wrote for other actions (the stored columns,
+another horizon) or narrower than the data is refused by the driver; the policy's own stats and openpi's
+unmarked files are taken."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jobs import norm_stats as norm_stats_job
+from jobs import train_policy, training
+from recap_ray.train import loop
+
+
+@pytest.fixture
+def check(tmp_path, train_dataset, sentencepiece_model):
+    def run(stats_file):
+        config = train_policy.Config(dataset=train_dataset, config="pi06_tiny", run_dir=str(tmp_path / "run"),
+                                     tokenizer=str(sentencepiece_model), norm_stats=str(stats_file))  # fmt: skip
+        job = training.make_job(config, "policy", "fp", norm_stats=config.norm_stats)
+        loop.check_dataset(job, loop.make_task(job))
+
+    return run
+
+
+def test_the_policys_own_stats_are_taken_and_marked(tmp_path, train_dataset, check):
+    own = norm_stats_job.main(norm_stats_job.Config(train_dataset, tmp_path / "own.json", config="pi06_tiny"))
+    check(own)
+    data = json.loads(own.read_text())
+    assert data["recap_ray"] == {"actions": "delta_chunks", "action_horizon": 10, "config": "pi06_tiny"}
+    del data["recap_ray"]  # as openpi writes it: no marker, taken as the policy's training stats
+    (tmp_path / "openpi.json").write_text(json.dumps(data))
+    check(tmp_path / "openpi.json")
+
+
+def test_stats_of_the_stored_columns_are_refused(tmp_path, train_dataset, check):
+    stored = norm_stats_job.main(norm_stats_job.Config(train_dataset, tmp_path / "stored.json"))
+    with pytest.raises(ValueError, match=r"stored\.json: norm stats of stored actions, but config pi06_tiny trains on "
+                                         r"delta_chunks of horizon 10; .*jobs\.norm_stats --dataset D --config pi06_tiny"):  # fmt: skip
+        check(stored)
+
+
+def test_stats_of_another_horizon_or_narrower_than_the_data_are_refused(tmp_path, train_dataset, check):
+    own = norm_stats_job.main(norm_stats_job.Config(train_dataset, tmp_path / "own.json", config="pi06_tiny"))
+    data = json.loads(own.read_text())
+    (tmp_path / "h50.json").write_text(json.dumps({**data, "recap_ray": {**data["recap_ray"], "action_horizon": 50}}))
+    with pytest.raises(ValueError, match="delta_chunks actions of horizon 50, but config pi06_tiny trains on delta_chunks of horizon 10"):  # fmt: skip
+        check(tmp_path / "h50.json")
+    narrow = {k: {f: v[:7] for f, v in s.items()} for k, s in data["norm_stats"].items()}
+    (tmp_path / "narrow.json").write_text(json.dumps({"norm_stats": narrow}))
+    with pytest.raises(ValueError, match=r"narrow\.json: norm stats for 'state' are 7 wide, the dataset's 'observation.state' 14"):  # fmt: skip
+        check(tmp_path / "narrow.json")
