@@ -119,6 +119,15 @@ def tokenizer_file(step_dir: epath.PathLike) -> epath.Path:
     return epath.Path(step_dir) / ASSETS_DIR / TOKENIZER_FILE
 
 
+def saved_ns(step_dir: epath.PathLike) -> int | None:
+    """When orbax committed this step (ns since the epoch, from its step metadata), which tells a step apart from
+    one of the same number written by a later run at the same path; None for a checkpoint without (openpi's own)."""
+    try:
+        return ocp.metadata.get_step_metadata(step_dir).commit_timestamp_nsecs
+    except ValueError:
+        return None
+
+
 def run_info(step_dir: epath.PathLike) -> dict[str, Any] | None:
     """The run.json of the run a step directory belongs to, or None for a loose checkpoint."""
     step_dir = epath.Path(step_dir)

@@ -142,7 +142,8 @@ class Policy:
         stats = norm_stats_lib.load(checkpoints.norm_stats_file(step, cfg.asset_id))
         prompt_tokenizer = tokenizer.PromptTokenizer(tok_file, cfg.model.max_token_len)
         logger.info("loaded %s from %s", cfg.name, step)
-        return cls(cfg, model, stats, prompt_tokenizer, options, metadata={"checkpoint": str(step)})
+        identity = {"checkpoint": str(step), "checkpoint_saved_ns": checkpoints.saved_ns(step)}  # a retrained step differs
+        return cls(cfg, model, stats, prompt_tokenizer, options, metadata=identity)
 
     def prepare(self, obs: Mapping[str, Any]) -> dict[str, Any]:
         """Validate one observation and run the input transforms: {"cond", "uncond" (CFG only), "state"}."""
