@@ -152,7 +152,7 @@ def run(config: Config, kind: str, **extra: Any) -> dict[str, Any]:
     job = make_job(config, kind, fingerprint, **extra)
     task = loop.make_task(job)
     loop.check_dataset(job, task)  # here, not in the workers: Ray Train would retry a mismatch max_failures times
-    prepare_run_dir(config, kind, fingerprint, dict(task.cameras))
+    prepare_run_dir(config, kind, fingerprint, task.run_cameras())
     connect_ray()
     resources = train_worker.Resources(
         num_workers=config.num_workers, min_workers=config.min_workers, gpus_per_worker=config.gpus_per_worker,

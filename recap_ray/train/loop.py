@@ -106,7 +106,7 @@ def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_
     if lead:
         run_record.start(job.run_dir, job.session, kind=job.kind, config=job.config, dataset=str(job.dataset),
                          dataset_fingerprint=fingerprint, init=job.init, global_batch=global_batch,
-                         num_steps=num_steps, world_size=ctx.world_size, cameras=dict(task.cameras))  # fmt: skip
+                         num_steps=num_steps, world_size=ctx.world_size, cameras=task.run_cameras())  # fmt: skip
     mesh = sharding.make_mesh(job.fsdp_devices)
     if global_batch % (jax.device_count() * job.grad_accum):
         raise ValueError(f"global batch {global_batch} does not split over {jax.device_count()} devices x {job.grad_accum} micro-batches")

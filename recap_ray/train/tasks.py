@@ -74,6 +74,10 @@ class ValueTask:
         """What the sample maker reads from the dataset (checked before training)."""
         return samples.ValueSamples.requirements(self.config, self.cameras)
 
+    def run_cameras(self) -> dict[str, str | None]:
+        """The roles the config reads, as run.json records them: a role it takes no camera from is not the run's."""
+        return {role: key for role, key in self.cameras.items() if samples.VALUE_SLOTS[role] in self.config.cameras}
+
     def sample_maker(self, ds: dataset_mod.Dataset) -> samples.SampleMaker:
         tok = value_tokenizer.ValueTokenizer(self.tokenizer_path, self.config.max_token_len)
         return samples.ValueSamples(self.config, tok, cameras=self.cameras)
@@ -189,6 +193,10 @@ class PolicyTask:
     def needs(self) -> samples.Needs:
         """What the sample maker reads from the dataset (checked before training and before the norm stats)."""
         return samples.PolicySamples.requirements(self.config, self.cameras)
+
+    def run_cameras(self) -> dict[str, str | None]:
+        """Every role, as run.json records them (the policy takes all three; None: masked)."""
+        return dict(self.cameras)
 
     def sample_maker(self, ds: dataset_mod.Dataset) -> samples.SampleMaker:
         tok = tokenizer_mod.PromptTokenizer(self.tokenizer_path, self.config.model.max_token_len)

@@ -46,7 +46,18 @@ def test_trains_on_mapped_cameras(kind, tmp_path, aloha_dataset, sentencepiece_m
     metrics = loop.train(dataclasses.replace(job, async_save=False, prefetch=2))
     assert metrics["step"] == 2
     record = run_record.read(config.run_dir)
-    assert (record["status"], record["cameras"]) == ("finished", dict(zip(("base", "wrist", "right_wrist"), ALOHA)))
+    roles = ("base", "wrist", "right_wrist") if kind == "policy" else ("base", "wrist")  # value_tiny: no right wrist
+    assert (record["status"], record["cameras"]) == ("finished", dict(zip(roles, ALOHA)))
+
+    def resume(*cameras):
+        resumed = dataclasses.replace(config, cameras=cameras, resume=True)
+        job = training.make_job(resumed, kind, "fp")
+        training.prepare_run_dir(resumed, kind, "fp", loop.make_task(job).run_cameras())
+
+    if kind == "value":  # a camera the value config does not read is not part of its run
+        resume(*ALOHA_MAP[:2], "right_wrist=none")
+    with pytest.raises(ValueError, match=r"cannot resume, the run differs: cameras was"):
+        resume("base=observation.images.cam_left_wrist", *ALOHA_MAP[1:])
 
 
 @pytest.mark.parametrize("kind", ["value", "policy"])
