@@ -32,6 +32,11 @@ signal (`ray/_private/worker.py` `Worker.main_loop` raises SystemExit(1) on the 
 core worker reports the worker dead, and the interpreter exits past Ray Train's daemon training
 thread; no atexit hook or other thread's `finally` runs, checked on 2.60), the training thread
 cannot install a handler, and the raylet itself SIGTERMs the workers it stops.
+
+A failure a restart would meet again (`loop.cannot_heal`: bad data, a non-finite loss, device memory
+exhausted) is written to RUN_DIR/failure.json by the worker that met it; Ray Train still restarts the
+group once (it retries any worker error), and the restarted workers find the file and return at once,
+so the run ends in seconds rather than after max_failures full restarts, and the driver raises it.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from absl import logging as absl_logging
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.v2.jax import JaxConfig, JaxTrainer
 
-from recap_ray.train import loop
+from recap_ray.train import loop, run_record
 
 logger = logging.getLogger(__name__)
 
@@ -77,15 +82,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every array it writes at INFO
     ctx = ray.train.get_context()
     job = loop.TrainJob(**config)
-    loop.train(
-        job,
-        loop.WorkerContext(
-            rank=ctx.get_world_rank(),
-            world_size=ctx.get_world_size(),
-            report=lambda metrics: ray.train.report(metrics),
-            should_stop=_preemption_notice,
-        ),
-    )
+    if run_record.failure(job.run_dir, job.session) is not None:
+        return  # a restart after a failure it would meet again: end, the driver reports it
+    try:
+        loop.train(
+            job,
+            loop.WorkerContext(
+                rank=ctx.get_world_rank(),
+                world_size=ctx.get_world_size(),
+                report=lambda metrics: ray.train.report(metrics),
+                should_stop=_preemption_notice,
+            ),
+        )
+    except Exception as err:
+        if loop.cannot_heal(err):
+            run_record.record_failure(job.run_dir, job.session, ctx.get_world_rank(), err)
+        raise
 
 
 def trainer(job: loop.TrainJob, resources: Resources, *, storage_path: str | None = None) -> JaxTrainer:

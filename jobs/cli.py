@@ -1,8 +1,8 @@
 """What every job entry point shares: logging set-up, tyro parsing of its config dataclass, and user errors.
 
 A job that stops on bad input (ValueError, FileNotFoundError, FileExistsError: a missing flag, a bad file, an
-existing output) prints one line `error: ...` naming it, without a traceback, and exits 1; set
-RECAP_TRACEBACK=1 to see the traceback.
+existing output) or whose work failed for a reason its message states whole (JobFailed) prints one line
+`error: ...` naming it, without a traceback, and exits 1; set RECAP_TRACEBACK=1 to see the traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +16,13 @@ from typing import TypeVar
 import tyro
 
 T = TypeVar("T")
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+
+
+class JobFailed(RuntimeError):
+    """The job's work failed; the message says where and why (the traceback that matters is in a worker's log)."""
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, JobFailed)
 
 
 def _excepthook(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:

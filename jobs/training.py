@@ -11,6 +11,7 @@ from typing import Any
 
 from etils import epath
 
+from jobs import cli
 from recap_ray.data import versions
 from recap_ray.models import checkpoints
 from recap_ray.train import checkpointing, loop, run_record, samples
@@ -62,6 +63,10 @@ class Config:
     """Decode threads per worker."""
     cameras: tuple[str, ...] = ()
     """Dataset cameras as ROLE=KEY: roles base, wrist (left), right_wrist, as relabel's --base-camera etc.; KEY none: masked; default YAM's."""
+
+
+class TrainingFailed(cli.JobFailed):
+    """A worker met a failure a restart would meet again (`loop.cannot_heal`); the run stopped."""
 
 
 def parse_cameras(entries: tuple[str, ...]) -> tuple[tuple[str, str | None], ...]:
@@ -160,6 +165,13 @@ def run(config: Config, kind: str, **extra: Any) -> dict[str, Any]:
     )  # fmt: skip
     storage = f"{config.run_dir.rstrip('/')}/ray" if "://" in config.run_dir else None
     result = train_worker.trainer(job, resources, storage_path=storage).fit()
+    failure = run_record.failure(config.run_dir, job.session)
+    if failure is not None:
+        record = run_record.update(config.run_dir, status="failed", error=failure["error"])
+        at = f"after step {record['step']}" if record.get("step") else "in its first step"
+        raise TrainingFailed(f"training run {config.run_dir} failed {at} on rank {failure['rank']} "
+                             f"(not retried: a restart would fail the same way): {failure['error']}. Fix the cause and rerun: --resume "
+                             "continues from the newest checkpoint (same dataset), --overwrite starts over")  # fmt: skip
     if result.error is not None:
         raise RuntimeError(f"training run {config.run_dir} failed") from result.error
     return run_record.read(config.run_dir)

@@ -68,6 +68,30 @@ class Preempted(RuntimeError):
     """Raised after the checkpoint a stop request asked for has been written."""
 
 
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; raised before a checkpoint of the diverged state is written."""
+
+
+def _check_finite(loss: float, step: int, newest_checkpoint: int | None) -> None:
+    if not np.isfinite(loss):
+        raise NonFiniteLoss(f"loss is {loss} at step {step}; the newest checkpoint is step {newest_checkpoint}")
+
+
+def cannot_heal(error: BaseException) -> bool:
+    """Whether a restart from the newest checkpoint would meet `error` again: bad data or configuration, a
+    non-finite loss, device memory exhausted. An OS error in its causes (a file system or network hiccup), a
+    lost peer and anything else may pass on a retry."""
+    chain, seen = [], error
+    while seen is not None:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if any(isinstance(e, OSError) for e in chain):
+        return False
+    if isinstance(error, jax.errors.JaxRuntimeError):
+        return "RESOURCE_EXHAUSTED" in str(error)
+    return isinstance(error, (ValueError, KeyError, TypeError, samples.SampleError, NonFiniteLoss))
+
+
 def make_task(job: TrainJob) -> tasks.Task:
     config = registry.get(job.config)
     cameras = samples.camera_roles(job.cameras)
@@ -163,6 +187,7 @@ def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_
                 out = jax.device_get(out)
                 elapsed = time.perf_counter() - window_start
                 metrics = {k: float(v) for k, v in out.items() if np.ndim(v) == 0}
+                _check_finite(metrics["loss"], done, mngr.latest_step())
                 metrics.update(step=done, step_time=elapsed / window_steps, examples_per_s=global_batch * window_steps / elapsed)
                 tracker.scalars(done, {f"train/{k}": v for k, v in metrics.items() if k != "step"})
                 if "values" in out:
@@ -174,6 +199,7 @@ def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_
                 window_start, window_steps = time.perf_counter(), 0
             stop = ctx.should_stop()
             if done % save_interval == 0 or done == num_steps or stop:
+                _check_finite(float(jax.device_get(out["loss"])), done, mngr.latest_step())
                 save(done)
             if stop and done < num_steps:  # a notice at the last step: the run is finished, not preempted
                 mngr.wait_until_finished()

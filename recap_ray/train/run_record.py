@@ -3,8 +3,12 @@
 Fields: kind, config, dataset, dataset_fingerprint, init, global_batch, num_steps, step (the last
 finished step), start_step (the step the latest (re)start resumed from), restarts (worker-group
 restarts after a failure or preemption within one job), checkpoints (the saved steps), status
-(running / finished / preempted), world_size, cameras (camera role -> dataset camera trained on), metrics (the last logged), session (the job
+(running / finished / preempted / failed), error (why it failed), world_size, cameras (camera role -> dataset camera trained on), metrics (the last logged), session (the job
 invocation), updated (UTC time).
+
+RUN_DIR/failure.json: a failure a restart would meet again (bad data, a non-finite loss, out of device
+memory), written by the worker that met it; the workers Ray Train restarts in the same session find it
+and end at once instead of failing again max_failures times.
 
 RUN_DIR may be a cloud URI (`gs://bucket/run`, `s3://bucket/run`): the file goes through
 `etils.epath` (fsspec).
@@ -22,6 +26,9 @@ from etils import epath
 from recap_ray.models import checkpoints
 
 
+FAILURE_FILE = "failure.json"
+
+
 def path(run_dir: epath.PathLike) -> epath.Path:
     """`RUN_DIR/run.json`."""
     return epath.Path(run_dir) / checkpoints.RUN_FILE
@@ -35,6 +42,17 @@ def read(run_dir: epath.PathLike) -> dict[str, Any]:
         return {}
 
 
+def _write_json(p: epath.Path, data: dict[str, Any]) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True)
+    if "://" in str(p):
+        p.write_text(text)
+        return
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(p)
+
+
 def write(run_dir: epath.PathLike, record: dict[str, Any]) -> dict[str, Any]:
     """Replace the record atomically, stamping `updated`.
 
@@ -44,14 +62,7 @@ def write(run_dir: epath.PathLike, record: dict[str, Any]) -> dict[str, Any]:
     a bucket has no rename.
     """
     record = {**record, "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    p, text = path(run_dir), json.dumps(record, indent=2, sort_keys=True)
-    if "://" in str(p):
-        p.write_text(text)
-        return record
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(p)
+    _write_json(path(run_dir), record)
     return record
 
 
@@ -62,8 +73,22 @@ def update(run_dir: epath.PathLike, **fields: Any) -> dict[str, Any]:
 
 def start(run_dir: epath.PathLike, session: str, **fields: Any) -> dict[str, Any]:
     """Mark a (re)start: a second start within the same session counts one restart."""
-    record = read(run_dir)
+    record = {k: v for k, v in read(run_dir).items() if k != "error"}  # a resumed failed run is running again
     restarts = record.get("restarts", 0)
     if record.get("session") == session:
         restarts += 1
     return write(run_dir, {**record, **fields, "session": session, "restarts": restarts, "status": "running"})
+
+
+def record_failure(run_dir: epath.PathLike, session: str, rank: int, error: BaseException) -> None:
+    """Write RUN_DIR/failure.json for `session`: the error a restart would meet again, and the rank that met it."""
+    _write_json(epath.Path(run_dir) / FAILURE_FILE, {"session": session, "rank": rank, "error": f"{type(error).__name__}: {error}"})
+
+
+def failure(run_dir: epath.PathLike, session: str) -> dict[str, Any] | None:
+    """`session`'s failure.json ({session, rank, error}), or None (none, or an earlier session's)."""
+    try:
+        found = json.loads((epath.Path(run_dir) / FAILURE_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    return found if found.get("session") == session else None

@@ -6,13 +6,14 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from recap_ray.configs import registry
 from recap_ray.data import norm_stats
 from recap_ray.models import checkpoints, value_weights, weights
-from recap_ray.train import loop, run_record
+from recap_ray.train import loop, run_record, samples, tasks
 
 
 class Recorder:
@@ -125,3 +126,35 @@ def test_lora_policy_trains_frozen_leaves_in_bfloat16(tmp_path, train_dataset, s
     assert frozen and len(frozen) < len(saved)
     assert {str(saved[p].dtype) for p in frozen} == {"bfloat16"}
     assert {str(v.dtype) for p, v in saved.items() if p not in frozen} == {"float32"}
+
+
+
+def test_a_non_finite_loss_stops_before_its_checkpoint(tmp_path, train_dataset, sentencepiece_model, monkeypatch):
+    """A NaN loss stops the run before the diverged state is saved, with an error a restart would meet again."""
+    real = tasks.ValueTask.loss
+
+    def nan_loss(self):
+        inner = real(self)
+        return lambda model, rng, batch: (jnp.nan * inner(model, rng, batch)[0], inner(model, rng, batch)[1])
+
+    monkeypatch.setattr(tasks.ValueTask, "loss", nan_loss)
+    job = _job(tmp_path, train_dataset, sentencepiece_model, num_steps=4, save_interval=1, log_interval=2)
+    with pytest.raises(loop.NonFiniteLoss, match="loss is nan at step 1; the newest checkpoint is step None") as err:
+        loop.train(job)
+    assert loop.cannot_heal(err.value) and checkpoints.steps(job.run_dir) == []
+
+
+def test_which_failures_a_restart_cannot_heal():
+    def raised(error, cause=None):
+        try:
+            raise error from cause
+        except Exception as err:
+            return err
+
+    assert loop.cannot_heal(samples.SampleError("episode 3, frame 2: corrupt"))
+    assert loop.cannot_heal(ValueError("bad config"))
+    assert not loop.cannot_heal(raised(samples.SampleError("episode 3"), OSError("NFS: stale file handle")))
+    assert not loop.cannot_heal(RuntimeError("a peer left the collective"))
+    assert not loop.cannot_heal(loop.Preempted("stopped at step 5"))
+    assert loop.cannot_heal(jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 9.1GiB"))
+    assert not loop.cannot_heal(jax.errors.JaxRuntimeError("INTERNAL: collective operation aborted"))

@@ -6,6 +6,7 @@ workers."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -67,6 +68,24 @@ def test_two_workers_equal_one_worker(ray_local, tmp_path, train_dataset, senten
         np.testing.assert_allclose(x, y, rtol=1e-3, atol=2e-4)
         changed += not np.allclose(x, z)
     assert changed > 0, "training did not move any parameter"
+
+
+def test_a_failure_a_restart_would_meet_again_ends_the_run_at_once(ray_local, tmp_path, sentencepiece_model):
+    """A video that cannot be decoded fails every attempt: the run stops after one quick restart (no training),
+    not after max_failures full ones, naming the episode. A later --resume is a new attempt (and fails again)."""
+    from tests.train.conftest import make_train_dataset
+
+    root = make_train_dataset(tmp_path / "data", version="v2.1")
+    for p in root.glob("videos/*/*/episode_000001.mp4"):
+        p.write_bytes(b"not a video" * 100)
+    config = _config(tmp_path, "run", root, sentencepiece_model, num_steps=40, save_interval=5, max_failures=2)
+    with pytest.raises(training.TrainingFailed, match=r"failed (after step \d+|in its first step) on rank 0 \(not retried: .*\): SampleError: .*episode 1"):  # fmt: skip
+        training.run(config, "value")
+    record = run_record.read(config.run_dir)
+    assert (record["status"], record["restarts"]) == ("failed", 0) and "episode 1" in record["error"]
+    with pytest.raises(training.TrainingFailed, match="episode 1"):
+        training.run(dataclasses.replace(config, resume=True), "value")
+    assert run_record.read(config.run_dir)["restarts"] == 0
 
 
 def _train_workers() -> list[psutil.Process]:
