@@ -102,13 +102,6 @@ def episode_table(root: Path, meta: meta_mod.Meta, episode: int) -> pa.Table:
         raise meta_mod.DatasetError(f"{path}: unreadable parquet ({err})") from err
 
 
-def write_episode_table(root: Path, meta: meta_mod.Meta, episode: int, table: pa.Table) -> Path:
-    path = Path(root) / data_file(meta, episode)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
-    return path
-
-
 def video_segment(root: Path, meta: meta_mod.Meta, episode: int, key: str) -> video.Segment:
     """The mp4 of one episode and camera; the whole file, starting at 0."""
     length = meta.episode(episode).length

@@ -47,10 +47,6 @@ class SiglipConfig:
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
-    @property
-    def out_dim(self) -> int:
-        return self.num_classes or self.width
-
     @classmethod
     def so400m(cls, num_classes: int | None = None, **kw: object) -> SiglipConfig:
         """So400m/14 at 224px: width 1152, depth 27, mlp 4304, 16 heads (256 tokens)."""
@@ -171,7 +167,7 @@ class Encoder(nnx.Module):
 
 
 class Siglip(nnx.Module):
-    """SigLIP ViT, pool "none": images (B, S, S, 3) in [-1, 1] -> tokens (B, num_patches, out_dim)."""
+    """SigLIP ViT, pool "none": images (B, S, S, 3) in [-1, 1] -> tokens (B, num_patches, num_classes or width)."""
 
     def __init__(self, config: SiglipConfig, *, rngs: nnx.Rngs):
         self.config = config

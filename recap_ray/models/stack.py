@@ -61,7 +61,3 @@ def scan(
     return jax.lax.scan(step, carry, (state, xs))
 
 
-def depth_of(stacked: nnx.Module) -> int:
-    """Number of layers in a stack (the shared leading axis of its leaves)."""
-    leaves = jax.tree.leaves(nnx.state(stacked))
-    return int(leaves[0].shape[0])

@@ -93,14 +93,6 @@ class ValueEstimator:
         model = value_weights.load_model(config, checkpoint=checkpoint, use_ema=use_ema)
         return cls(config, model, _tokenizer(tokenizer_path, config), **kwargs)
 
-    @classmethod
-    def from_bundle(cls, config: ValueModelConfig, bundle_dir: epath.PathLike | None = None,
-                    **kwargs: Any) -> "ValueEstimator":
-        """From a vlm_ckpt bundle (`--vlm-bundle DIR` or $OPENPI_VLM_CKPT_DIR), with its tokenizer."""
-        bundle = value_weights.inspect_bundle(bundle_dir)
-        model = value_weights.load_model(config, bundle_dir=bundle.root)
-        return cls(config, model, value_tokenizer.ValueTokenizer(bundle.tokenizer, config.max_token_len), **kwargs)
-
     def __call__(self, frames: Mapping[str, np.ndarray | None], prompts: Sequence[str]) -> np.ndarray:
         """frames: camera name -> uint8 (B, H, W, 3) (None or absent: masked camera); B prompts."""
         images, masks = value_preprocess.camera_batch_uint8(frames, self.config.cameras, self.config.image_size)

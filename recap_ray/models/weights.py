@@ -138,11 +138,6 @@ def openpi_item(params: Mapping[str, Any], *, as_numpy: bool = False) -> dict[st
     return {PARAMS_ITEM: unflatten({f"{p}/value": conv(v) for p, v in flatten(params).items()})}
 
 
-def step_params_dir(checkpoint_dir: str | os.PathLike[str], step: int) -> str:
-    """`<checkpoint_dir>/<step>/params`, openpi's layout for a training step."""
-    return f"{os.fspath(checkpoint_dir).rstrip('/')}/{step}/{PARAMS_ITEM}"
-
-
 def lora_paths(tree: Mapping[str, Any]) -> list[str]:
     """Paths of LoRA leaves in a tree."""
     return sorted(p for p in flatten(tree) if lora.is_lora_path(p))

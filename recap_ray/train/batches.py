@@ -92,11 +92,6 @@ class Order:
         start = batch * self.global_batch + process_index * per
         return range(start, start + per)
 
-    def batch_samples(self, epoch: int, batch: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
-        """Sample ids of that share."""
-        r = self.batch_positions(batch, process_index, process_count)
-        return self.permutation(epoch)[r.start : r.stop]
-
 
 def check_processes(global_batch: int, process_index: int, process_count: int) -> None:
     """Raise unless 0 <= process_index < process_count and process_count divides the global batch."""

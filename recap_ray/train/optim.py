@@ -22,11 +22,6 @@ class OptimizerConfig:
     clip_gradient_norm: float = 1.0  # global-norm clip before AdamW
 
 
-def openpi_schedule(peak_lr: float, decay_lr: float, warmup_steps: int, decay_steps: int) -> OptimizerConfig:
-    """openpi's CosineDecaySchedule (policy runs): warmup then cosine over `decay_steps` from step 0."""
-    return OptimizerConfig(peak_lr=peak_lr, decay_lr=decay_lr, warmup_steps=warmup_steps, decay_steps=decay_steps)
-
-
 def pistar_value_schedule(peak_lr: float, decay_lr: float, num_steps: int) -> OptimizerConfig:
     """pistar's train_value.py: warmup W = min(1000, N//10), decay_steps = max(N - W, 1)."""
     warmup = min(1000, num_steps // 10)

@@ -68,7 +68,7 @@ def test_openpi_checkpoint_loads_with_identical_outputs(tmp_path, source, sample
 
 def test_save_writes_openpi_layout_and_round_trips(tmp_path, source):
     model_src, params = source
-    path = weights.step_params_dir(tmp_path, 3)
+    path = tmp_path / "3" / "params"  # openpi's <checkpoint_dir>/<step>/params
     weights.save(path, model_src)
     with ocp.PyTreeCheckpointer() as ckptr:
         raw = ckptr.restore(path)
