@@ -32,7 +32,11 @@ def convert(src: str | Path, dst: str | Path, to_version: str, progress: bool = 
         w = writer.DatasetWriter(
             dst, fps=ds.fps, features=source_features(ds.meta), version=to_version, robot_type=ds.meta.info.get("robot_type")
         )
-        for ep in tqdm(range(ds.num_episodes), desc=f"convert to {to_version}", disable=not progress):
-            w.add_episode_from(ds, ep)
-        record = versions.lineage([Path(src)], f"convert {ds.version} -> {to_version}", {"to": to_version})
-        return w.finalize(record)
+        try:
+            for ep in tqdm(range(ds.num_episodes), desc=f"convert to {to_version}", disable=not progress):
+                w.add_episode_from(ds, ep)
+            record = versions.lineage([Path(src)], f"convert {ds.version} -> {to_version}", {"to": to_version})
+            return w.finalize(record)
+        except BaseException:
+            w.abort()
+            raise

@@ -56,13 +56,17 @@ def merge(sources: list[str | Path], dst: str | Path, version: str | None = None
             robot_type=ref.meta.info.get("robot_type"),
         )
         total = sum(d.num_episodes for d in datasets)
-        with tqdm(total=total, desc="merge", disable=not progress) as bar:
-            for ds in datasets:
-                for ep in range(ds.num_episodes):
-                    w.add_episode_from(ds, ep)
-                    bar.update()
-        record = versions.lineage([Path(s) for s in sources], "merge", {"sources": [str(s) for s in sources]})
-        return w.finalize(record)
+        try:
+            with tqdm(total=total, desc="merge", disable=not progress) as bar:
+                for ds in datasets:
+                    for ep in range(ds.num_episodes):
+                        w.add_episode_from(ds, ep)
+                        bar.update()
+            record = versions.lineage([Path(s) for s in sources], "merge", {"sources": [str(s) for s in sources]})
+            return w.finalize(record)
+        except BaseException:
+            w.abort()
+            raise
     finally:
         for d in datasets:
             d.close()

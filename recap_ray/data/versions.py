@@ -93,19 +93,33 @@ def derive(
     parent, output = Path(parent), Path(output)
     if output.exists():
         raise FileExistsError(f"{output}: already exists; versions are never overwritten")
-    ds = dataset_mod.open(parent)
-    m = copy.deepcopy(ds.meta)
-    for key, spec in (new_features or {}).items():
-        feats.check_spec(key, spec)
-        if key in feats.DEFAULT_FEATURES:
-            raise feats.FeatureError(f"feature {key!r} is a default feature and cannot be redefined")
-    user = {k: v for k, v in m.features.items() if k not in feats.DEFAULT_FEATURES}
-    user.update(new_features or {})
-    m.info["features"] = {**user, **feats.DEFAULT_FEATURES}
     staging = writer.staging_dir(output)
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    fd = writer.claim_staging(output)
+    try:
+        with dataset_mod.open(parent) as ds:
+            m = copy.deepcopy(ds.meta)
+            for key, spec in (new_features or {}).items():
+                feats.check_spec(key, spec)
+                if key in feats.DEFAULT_FEATURES:
+                    raise feats.FeatureError(f"feature {key!r} is a default feature and cannot be redefined")
+            user = {k: v for k, v in m.features.items() if k not in feats.DEFAULT_FEATURES}
+            user.update(new_features or {})
+            m.info["features"] = {**user, **feats.DEFAULT_FEATURES}
+            _write(ds, m, parent, staging, transform, episode_meta)
+        meta_mod.write_json(staging / writer.LINEAGE_FILE, lineage([parent], change, params), indent=2)
+        meta_mod.fsync_tree(staging)
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a rerun would clear it anyway; leave nothing behind
+        raise
+    finally:
+        writer.release(fd)
+    return output
+
+
+def _write(ds: dataset_mod.Dataset, m: meta_mod.Meta, parent: Path, staging: Path, transform: EpisodeTransform,
+           episode_meta: Callable[[meta_mod.Episode], None] | None) -> None:
+    """The files of `derive`'s new version, into `staging` (empty)."""
     for src in sorted((parent / "videos").rglob("*.mp4")) if (parent / "videos").exists() else []:
         video.link_or_copy(src, staging / src.relative_to(parent))
     schema = feats.arrow_schema(m.features)
@@ -141,8 +155,3 @@ def derive(
             out.close()
     m.stats = stats_mod.aggregate_features([e.stats for e in m.episodes])
     ds.layout.write_meta(staging, m)
-    ds.close()
-    meta_mod.write_json(staging / writer.LINEAGE_FILE, lineage([parent], change, params), indent=2)
-    meta_mod.fsync_tree(staging)
-    staging.rename(output)
-    return output

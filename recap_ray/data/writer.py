@@ -2,12 +2,16 @@
 
 Everything is written into a staging directory beside the target and renamed into place by
 `finalize`, so a crash leaves either no dataset or a whole one; a rerun clears the stale
-staging directory and writes the same files again.
+staging directory and writes the same files again. While a process writes, it holds a lock on the
+staging directory, so a second job bound for the same target stops with an error instead of clearing
+the first one's files; a failed write removes its staging directory.
 """
 
 from __future__ import annotations
 
+import fcntl
 import io
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +34,58 @@ _MB = 1024 * 1024
 def staging_dir(root: Path) -> Path:
     """Where a dataset bound for `root` is written before it is published."""
     return root.parent / f".{root.name}.partial"
+
+
+def _busy(root: Path) -> FileExistsError:
+    return FileExistsError(f"{root}: another job is writing it (its staging directory {staging_dir(root)} is locked); "
+                           "wait for it to finish, or stop it and run this again")  # fmt: skip
+
+
+def _lock(root: Path) -> int | None:
+    """A descriptor of `root`'s staging directory holding an exclusive flock (dropped by the kernel when the
+    process dies); None on a filesystem without locks."""
+    try:
+        fd = os.open(staging_dir(root), os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:  # removed by another job clearing it
+        raise _busy(root) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise _busy(root) from None
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def claim_staging(root: Path) -> int | None:
+    """Make `root`'s staging directory, empty and locked by this process until `release` (or its end): a stale
+    one left by a job that died is cleared; one that a running job writes raises FileExistsError."""
+    staging = staging_dir(root)
+    if staging.exists():
+        stale = _lock(root)
+        shutil.rmtree(staging)
+        release(stale)
+    try:
+        staging.mkdir(parents=True)
+    except FileExistsError:
+        raise _busy(root) from None
+    fd = _lock(root)
+    if fd is not None and os.fstat(fd).st_ino != staging.stat().st_ino:  # cleared and remade by another job meanwhile
+        release(fd)
+        raise _busy(root)
+    if root.exists():  # published by another job meanwhile
+        shutil.rmtree(staging)
+        release(fd)
+        raise FileExistsError(f"{root}: already exists; versions are never overwritten")
+    return fd
+
+
+def release(fd: int | None) -> None:
+    """Drop the lock `claim_staging` took."""
+    if fd is not None:
+        os.close(fd)
 
 
 class DatasetWriter:
@@ -56,9 +112,8 @@ class DatasetWriter:
         self.features = feats.with_defaults(user)
         self.schema = feats.arrow_schema(self.features)
         self.staging = staging_dir(self.root)
-        if self.staging.exists():
-            shutil.rmtree(self.staging)
-        (self.staging / "meta").mkdir(parents=True)
+        self._lock = claim_staging(self.root)
+        (self.staging / "meta").mkdir()
         self.tasks: list[str] = []
         self.episodes: list[meta_mod.Episode] = []
         self._frames = 0
@@ -300,7 +355,20 @@ class DatasetWriter:
         meta_mod.fsync_tree(self.staging)
         self.staging.rename(self.root)
         self._done = True
+        release(self._lock)
         return self.root
+
+    def abort(self) -> None:
+        """Give up a write that failed: close the open files, remove the staging directory, release the lock."""
+        if self._done:
+            return
+        if self._data_writer is not None:
+            self._data_writer.close()
+        for _, concat in self._videos.values():
+            concat.close()
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self._done = True
+        release(self._lock)
 
 
 def _png_cell(frame: np.ndarray, index: int, version: str) -> dict:
