@@ -92,7 +92,7 @@ def publish(
     log_dir: str | Path | None = None,
     plot_episodes: int = 6,
 ) -> tuple[Path, relabel.Result]:
-    """Label every episode from `values`, write `output` as a new version of `source`, then report."""
+    """Label every episode from `values`, report (plots, TensorBoard), then write `output` as a new version of `source`."""
     with dataset_mod.open(source) as ds:
         check_source(ds)
         missing = [ep.index for ep in ds.meta.episodes if ep.index not in values]
@@ -124,9 +124,9 @@ def publish(
         "thresholds": threshold_table(result, tasks),
         "summary": summary,
     }
-    out = versions.derive(source, output, transform, change="relabel: value, advantage, adv_ind", params=lineage, new_features=FEATURES)
-    if log_dir is not None:
+    if log_dir is not None:  # before the version is published: a job killed after the rename would lose them for good
         report(Path(log_dir), episodes, result, tasks, plot_episodes)
+    out = versions.derive(source, output, transform, change="relabel: value, advantage, adv_ind", params=lineage, new_features=FEATURES)
     return out, result
 
 

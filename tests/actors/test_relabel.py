@@ -212,6 +212,20 @@ def test_rethreshold_from_stored_values(relabelled, tmp_path):
     assert versions.read_lineage(pistar)["params"]["threshold_scope"] == "global"  # another rule: that rule's default
 
 
+def test_a_rethreshold_killed_as_it_publishes_keeps_its_plots(relabelled, tmp_path, monkeypatch):
+    """The plots are written before the version is published: a job that dies at the rename leaves them."""
+    from actors import relabel_output
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(relabel_output.versions, "derive", die)
+    with pytest.raises(KeyboardInterrupt):
+        rethreshold.main(rethreshold.Config(dataset=relabelled, output=tmp_path / "rt"))
+    plots = relabel_store.side_dir(tmp_path / "rt") / "plots"
+    assert {p.name for p in plots.iterdir()} >= {"value_curves.png", "positive_fraction.png"}
+
+
 def test_one_compile_per_actor(inputs):
     src, run = inputs
     step = checkpoints.resolve(run)
