@@ -4,9 +4,10 @@
 
 `Ingress` holds the websocket sessions: it checks the API key at the upgrade, sends the metadata
 frame first, then for each binary frame decodes and validates the observation, awaits one action
-chunk from the model deployment and sends it back with openpi's `server_timing`. A bad request gets
-one text frame naming the problem, then a close (1008); an internal failure the traceback, then
-1011 (openpi's behaviour). Other sessions are untouched. `GET /healthz` answers "OK".
+chunk from the model deployment and sends it back with openpi's `server_timing`. A bad request (or a
+frame sent before the previous answer: one request at a time) gets one text frame naming the problem,
+then a close (1008); an internal failure the traceback, then 1011 (openpi's behaviour). A client gone
+mid-inference cancels its request. Other sessions are untouched. `GET /healthz` answers "OK".
 `PolicyModel` batches requests from every session and ingress replica into one model call
 (continuous batching: what queued while a call ran is the next call). The handle uses Serve's gRPC
 transport between replicas rather than a Ray actor call (less CPU and latency per request).
@@ -16,6 +17,7 @@ the handler of the class Serve rebuilds, or it refuses every upgrade with HTTP 4
 Serve config: `import_path: actors.serve_app:build_app` with the `AppConfig` fields as `args`.
 """
 
+import asyncio
 import functools
 import hmac
 import logging
@@ -103,16 +105,29 @@ class Ingress:
         spec = protocol.ObservationSpec(**metadata["observation"])
         await ws.send_bytes(msgpack_numpy.packb(metadata))
         prev_total_ms: float | None = None
+        receiving: asyncio.Future | None = None  # the next frame, awaited while an inference runs
+        inferring: asyncio.Future | None = None
         try:
             while True:
                 start = time.monotonic()
-                message = await ws.receive()
+                message = await (receiving or ws.receive())
+                receiving = None
                 if message["type"] == "websocket.disconnect":
                     return
                 data = message.get("bytes")  # ASGI: either key may be absent or None
                 obs = protocol.validate(protocol.decode(message.get("text") if data is None else data, spec), spec)
                 infer_start = time.monotonic()
-                answer = await self.model.infer.remote(obs)
+                # Listen while the model works: a client gone mid-inference cancels it, and a frame before the
+                # answer ends the session (else every frame a client streams unanswered would queue here).
+                response = self.model.infer.remote(obs)
+                inferring, receiving = asyncio.ensure_future(response), asyncio.ensure_future(ws.receive())
+                await asyncio.wait((inferring, receiving), return_when=asyncio.FIRST_COMPLETED)
+                if receiving.done():
+                    if receiving.result()["type"] == "websocket.disconnect":
+                        return
+                    raise protocol.InvalidRequest("got a message before the answer to the previous one; openpi's "
+                                                  "protocol has one request at a time: wait for each answer")  # fmt: skip
+                answer = inferring.result()
                 answer["server_timing"] = {"infer_ms": (time.monotonic() - infer_start) * 1000}
                 if prev_total_ms is not None:
                     answer["server_timing"]["prev_total_ms"] = prev_total_ms
@@ -126,6 +141,11 @@ class Ingress:
         except Exception:
             logger.exception("session with %s failed", ws.client)
             await self._close_with(ws, traceback.format_exc(), 1011, INTERNAL_REASON)
+        finally:
+            if receiving is not None:
+                receiving.cancel()
+            if inferring is not None and not inferring.done():
+                response.cancel()  # the client is gone or broke the protocol: free the model's batch slot
 
     @staticmethod
     async def _close_with(ws: WebSocket, text: str, code: int, reason: str) -> None:

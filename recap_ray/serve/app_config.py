@@ -81,10 +81,11 @@ class AppConfig:
         return 2 * self.max_batch_size
 
     def resolved_api_key(self) -> str | None:
-        """The key to check, from `api_key` or the `api_key_env` variable (which must then be set)."""
+        """The key to check, from `api_key` or the `api_key_env` variable (which must then be set); without
+        surrounding whitespace (a secret file's newline), which an HTTP header cannot carry."""
         if self.api_key_env is None:
-            return self.api_key
-        key = os.environ.get(self.api_key_env)
+            return (self.api_key or "").strip() or None
+        key = os.environ.get(self.api_key_env, "").strip()
         if not key:
             raise ValueError(f"api_key_env: environment variable {self.api_key_env!r} is unset or empty")
         return key

@@ -70,6 +70,9 @@ def _check_image(name: str, image: Any, spec: ObservationSpec) -> None:
         raise InvalidRequest(f"{where}: image side must be in [1, {spec.max_image_side}], got H x W = {hw[0]} x {hw[1]}")
     if image.dtype != np.uint8 and not np.all(np.isfinite(image)):
         raise InvalidRequest(f"{where}: float image has non-finite values")
+    if image.dtype != np.uint8 and (image.min() < 0 or image.max() > 1):  # the server scales floats by 255
+        raise InvalidRequest(f"{where}: float image values must be in [0, 1], got values in "
+                             f"[{image.min():g}, {image.max():g}]; send uint8 for 0..255 pixels")  # fmt: skip
 
 
 def _check_text(key: str, value: Any, types: tuple[type, ...]) -> None:

@@ -3,14 +3,15 @@
 Connects, reads the server's metadata frame, then for each observation sends one binary msgpack
 frame and blocks for the reply. A text frame from the server is its traceback: raised as
 RuntimeError. A closed connection raises ConnectionError, a missing reply TimeoutError (and closes
-the connection); `reconnect()` opens a new one. Usable wherever a policy callable
-`obs -> {"actions": ...}` is expected.
+the connection); `reconnect()` opens a new one, waiting for a server that is restarting. Usable
+wherever a policy callable `obs -> {"actions": ...}` is expected.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -19,6 +20,9 @@ from websockets.sync import client as ws_sync
 from recap_ray.serve import msgpack_numpy
 
 logger = logging.getLogger(__name__)
+
+RECONNECT_PAUSE_S = 1.0  # between connection attempts of reconnect()
+CHECKPOINT_KEYS = ("checkpoint", "checkpoint_saved_ns")  # what names the served policy (a retrained step differs)
 
 
 def endpoint_uri(host: str, port: int | None = None) -> str:
@@ -30,14 +34,18 @@ def endpoint_uri(host: str, port: int | None = None) -> str:
 class WebsocketClientPolicy:
     """One connection to an openpi-style policy server; one request in flight at a time.
 
-    `reconnect()` replaces a broken connection (closed, or closed after a reply timeout) with a new one.
+    `reconnect()` replaces a broken connection (closed, or closed after a reply timeout) with a new one,
+    trying for up to `reconnect_timeout_s` while the server is down or starting (a restart with a GPU
+    model takes minutes: loading and compiling).
     """
 
     def __init__(self, host: str, port: int | None = None, api_key: str | None = None,
-                 open_timeout_s: float = 10.0, reply_timeout_s: float | None = None) -> None:
+                 open_timeout_s: float = 10.0, reply_timeout_s: float | None = None,
+                 reconnect_timeout_s: float = 120.0) -> None:
         self.uri = endpoint_uri(host, port)
         self.open_timeout_s = open_timeout_s
         self.reply_timeout_s = reply_timeout_s
+        self.reconnect_timeout_s = reconnect_timeout_s
         self._headers = {"Authorization": f"Api-Key {api_key}"} if api_key else None
         self._packer = msgpack_numpy.Packer()
         self._stack = contextlib.ExitStack()  # holds the current connection until close()
@@ -63,14 +71,28 @@ class WebsocketClientPolicy:
             raise RuntimeError(f"Error in inference server at {self.uri}:\n{first}")
         return msgpack_numpy.unpackb(first)
 
-    def reconnect(self) -> None:
-        """Close this connection and open a new one; refuses a server that now names another checkpoint."""
+    def reconnect(self, timeout_s: float | None = None) -> None:
+        """Close this connection and open a new one, trying again for up to `timeout_s` (None: the
+        client's `reconnect_timeout_s`) while that fails; refuses a server that now names another checkpoint."""
         self.close()
-        metadata = self._connect()
-        if metadata.get("checkpoint") != self.metadata.get("checkpoint"):
+        timeout_s = self.reconnect_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                metadata = self._connect()
+                break
+            except ConnectionError as err:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ConnectionError(f"{err} (still failing after {timeout_s:g} s)") from err
+                logger.info("waiting for the server: %s", err)
+                time.sleep(min(RECONNECT_PAUSE_S, left))
+        served = {k: metadata.get(k) for k in CHECKPOINT_KEYS}
+        if served != {k: self.metadata.get(k) for k in CHECKPOINT_KEYS}:
             self.close()
-            raise RuntimeError(f"{self.uri}: the server now serves checkpoint {metadata.get('checkpoint')!r}, "
-                               f"not {self.metadata.get('checkpoint')!r}")
+            raise RuntimeError(f"{self.uri}: the server now serves checkpoint {metadata.get('checkpoint')!r} "
+                               f"(saved at {metadata.get('checkpoint_saved_ns')} ns), not {self.metadata.get('checkpoint')!r} "
+                               f"(saved at {self.metadata.get('checkpoint_saved_ns')} ns)")  # fmt: skip
         self.metadata = metadata
         logger.info("reconnected to %s", self.uri)
 

@@ -50,3 +50,14 @@ def test_bad_args_are_refused():
         app_config.Autoscaling(min_replicas=3, max_replicas=2)
     with pytest.raises(ValueError, match="RECAP_TEST_UNSET_KEY"):
         app_config.AppConfig(checkpoint="c", config="x_infer", api_key_env="RECAP_TEST_UNSET_KEY").resolved_api_key()
+
+
+def test_api_key_from_a_secret_file_with_a_newline(monkeypatch):
+    # `kubectl create secret --from-file` keeps the file's newline; HTTP trims header values, so a key
+    # with surrounding whitespace could never match and every robot would get HTTP 403
+    monkeypatch.setenv("RECAP_TEST_KEY", "sekrit\n")
+    assert app_config.AppConfig(checkpoint="c", config="x_infer", api_key_env="RECAP_TEST_KEY").resolved_api_key() == "sekrit"
+    assert app_config.AppConfig(checkpoint="c", config="x_infer", api_key=" sekrit ").resolved_api_key() == "sekrit"
+    monkeypatch.setenv("RECAP_TEST_KEY", " \n")
+    with pytest.raises(ValueError, match="RECAP_TEST_KEY"):
+        app_config.AppConfig(checkpoint="c", config="x_infer", api_key_env="RECAP_TEST_KEY").resolved_api_key()

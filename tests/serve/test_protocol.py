@@ -51,6 +51,9 @@ def test_good_observations_pass_through():
     (_with(images={"cam_high": "pixels"}), "expected a numpy array, got str"),
     (_with(images={"cam_high": np.zeros((3, 600, 64), np.uint8)}), r"image side must be in \[1, 512\], got H x W = 600 x 64"),
     (_with(images={"cam_high": np.full((3, 8, 8), np.nan, np.float32)}), "non-finite"),
+    # float pixels in 0..255 (a common client slip) would be scaled by 255 and wrap around as uint8
+    (_with(images={"cam_high": np.full((3, 8, 8), 128.0, np.float32)}), r"float image .* in \[0, 1\], got values in \[128, 128\]"),
+    (_with(images={"cam_high": np.full((3, 8, 8), -0.5, np.float32)}), r"float image .* in \[0, 1\]"),
     (_with(state=np.zeros(7, np.float32)), r"'state': expected shape \(14,\), got \(7,\)"),
     (_with(state=[0.0] * 14), "'state': expected a float numpy array .* got list"),
     (_with(state=np.array(["a"] * 14)), "'state': expected a float numpy array"),

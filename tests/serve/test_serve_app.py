@@ -141,6 +141,27 @@ def test_bad_inputs_get_a_clear_error_while_others_are_served(served, local_poli
             np.testing.assert_allclose(good.infer(obs)["actions"], expected, rtol=1e-6, atol=1e-6)
 
 
+def test_a_client_that_sends_without_reading_is_stopped(served, local_policy):
+    # openpi's protocol has one request in flight per connection; a client that streams observations
+    # without waiting for answers must not make the server queue them all (memory grows with every frame)
+    obs = _observation(3)
+    expected = local_policy.infer(obs)["actions"]
+    frame = msgpack_numpy.packb(obs)
+    with ws_client.WebsocketClientPolicy(served["uri"], api_key=API_KEY) as good:
+        with _raw(served["uri"]) as conn:
+            with contextlib.suppress(ConnectionClosed, ConnectionResetError, BrokenPipeError):
+                for _ in range(300):
+                    conn.send(frame)
+            replies = []
+            with contextlib.suppress(ConnectionClosed):
+                while len(replies) < 300:
+                    replies.append(conn.recv(timeout=60))
+        texts = [r for r in replies if isinstance(r, str)]
+        assert len(replies) < 300 and texts, f"{len(replies)} answers, no error"
+        assert texts[-1].startswith("InvalidRequest: ") and "one request at a time" in texts[-1], texts[-1]
+        np.testing.assert_allclose(good.infer(obs)["actions"], expected, rtol=1e-6, atol=1e-6)
+
+
 def test_api_key_is_required(served):
     for key in (None, "wrong"):
         with pytest.raises(ConnectionError, match="HTTP 403"):

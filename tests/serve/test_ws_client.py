@@ -16,12 +16,12 @@ from recap_ray.sim import evaluation, policies, scripted, world
 class _Server:
     """openpi's server behaviour: metadata first, then one reply per request; traceback text + 1011 on error."""
 
-    def __init__(self, policy, metadata=None):
+    def __init__(self, policy, metadata=None, port=0):
         self.policy = policy
         self.metadata = metadata or {}
         self.headers = []
         self.requests = []
-        self._server = ws_server.serve(self._handle, "127.0.0.1", 0, compression=None, max_size=None)
+        self._server = ws_server.serve(self._handle, "127.0.0.1", port, compression=None, max_size=None)
         self.port = self._server.socket.getsockname()[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -135,6 +135,38 @@ def test_reconnect_after_a_dropped_connection():
             client.reconnect()
             assert client({"i": 2}) == {"i": 2} and client.metadata == {"checkpoint": "/ckpt/7"}
             server.metadata = {"checkpoint": "/ckpt/8"}  # restarted with another checkpoint
-            with pytest.raises(RuntimeError, match="'/ckpt/8', not '/ckpt/7'"):
+            with pytest.raises(RuntimeError, match=r"'/ckpt/8' \(saved at None ns\), not '/ckpt/7'"):
                 client.reconnect()
-    assert len(server.headers) == 3
+            server.metadata = {"checkpoint": "/ckpt/7", "checkpoint_saved_ns": 5}  # the same step, retrained
+            with pytest.raises(RuntimeError, match=r"'/ckpt/7' \(saved at 5 ns\), not '/ckpt/7' \(saved at None ns\)"):
+                client.reconnect()
+    assert len(server.headers) == 4
+
+
+def test_reconnect_waits_for_a_restarting_server():
+    # a restart (new checkpoint rollout, replica replaced) refuses connections for a while: jobs.evaluate
+    # and jobs.collect call reconnect() once per retry, so it must wait for the server, not fail at once
+    servers = [_Server(lambda r: r, {"checkpoint": "/ckpt/7"}).__enter__()]
+    port = servers[0].port
+    client = ws_client.WebsocketClientPolicy(f"ws://127.0.0.1:{port}", reconnect_timeout_s=30)
+    assert client({"i": 0}) == {"i": 0}
+    servers[0].__exit__()
+
+    def restart():
+        time.sleep(1.5)
+        servers.append(_Server(lambda r: r, {"checkpoint": "/ckpt/7"}, port=port).__enter__())
+
+    threading.Thread(target=restart).start()
+    try:
+        with pytest.raises(ConnectionError):
+            client({"i": 1})
+        start = time.monotonic()
+        client.reconnect()
+        assert time.monotonic() - start >= 1 and client({"i": 2}) == {"i": 2}
+        client.close()
+        with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}.* after 1 s"):  # down for good: gives up
+            servers[-1].__exit__()
+            client.reconnect(timeout_s=1)
+    finally:
+        client.close()
+        servers[-1].__exit__()
