@@ -82,7 +82,7 @@ def cannot_heal(error: BaseException) -> bool:
     non-finite loss, device memory exhausted. An OS error in its causes (a file system or network hiccup), a
     lost peer and anything else may pass on a retry."""
     chain, seen = [], error
-    while seen is not None:
+    while seen is not None and not any(seen is e for e in chain):  # a context chain may loop
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__
     if any(isinstance(e, OSError) for e in chain):
