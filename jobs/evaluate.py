@@ -116,10 +116,8 @@ def load_episodes(path: Path, record: dict[str, Any]) -> dict[int, dict[str, Any
         raise ValueError(f"{path}: not an evaluation log (its first line must hold the record); use a new output")
     differing = make_dataset.differences(lines[0]["record"], record)
     if differing:
-        retrained = " (the served checkpoint was written again since: a retrained policy)" if any(
-            d.startswith("server.checkpoint_saved_ns:") for d in differing) else ""  # fmt: skip
-        raise ValueError(f"{path}: holds episodes of another evaluation; differing fields: {'; '.join(differing)}"
-                         f"{retrained}. Use a new output or the same settings")
+        raise ValueError(f"{path}: holds episodes of another evaluation; differing fields: {'; '.join(differing)}. "
+                         "Use a new output or the same settings")
     return {line["index"]: line for line in lines[1:]}
 
 

@@ -30,7 +30,7 @@ def test_a_retrained_step_serves_under_another_identity(tmp_path, train_dataset,
     log = tmp_path / "eval" / evaluate.EPISODES_FILE
     log.parent.mkdir()
     log.write_text(evaluate.json.dumps({"record": evaluate.run_record(config, first)}) + "\n")
-    with pytest.raises(ValueError, match=r"server\.checkpoint_saved_ns: .* \(the served checkpoint was written again since"):
+    with pytest.raises(ValueError, match=rf"differing fields: server\.checkpoint_saved_ns: recorded {first['checkpoint_saved_ns']}, now {second['checkpoint_saved_ns']}\. "):
         evaluate.load_episodes(log, evaluate.run_record(config, second))
 
 
