@@ -104,6 +104,8 @@ class Policy:
         self.spec = protocol.ObservationSpec(state_dim=int(np.asarray(stats["state"].q01).shape[-1]),
                                              max_image_side=options.max_image_side,
                                              max_message_bytes=options.max_message_bytes)  # fmt: skip
+        q01, q99 = np.asarray(stats["state"].q01), np.asarray(stats["state"].q99)
+        self._state_range = (float(np.min(q01)), float(np.max(q99)))
         self._cond = input_pipeline(config, stats, prompt_tokenizer, ADV_IND)
         self._uncond = input_pipeline(config, stats, prompt_tokenizer, None) if options.cfg_beta is not None else None
         # The robot's action width is the trained one (the actions' norm stats), which may exceed the state's
@@ -146,10 +148,11 @@ class Policy:
         return cls(cfg, model, stats, prompt_tokenizer, options, metadata=identity)
 
     def prepare(self, obs: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate one observation and run the input transforms: {"cond", "uncond" (CFG only), "state"}."""
+        """Validate one observation and run the input transforms: {"cond", "uncond" (CFG only), "state" (the
+        model's, normalized), "client_state" (as sent)}."""
         protocol.validate(dict(obs), self.spec)
         cond = self._cond(dict(obs))
-        out = {"state": cond.pop("state"), "cond": cond}
+        out = {"state": cond.pop("state"), "cond": cond, "client_state": np.asarray(obs["state"])}
         if self._uncond is not None:
             uncond = self._uncond(dict(obs))
             uncond.pop("state")
@@ -173,8 +176,20 @@ class Policy:
         actions = np.asarray(self._run(self._state, cond, uncond, noise), np.float32)
         infer_ms = (time.perf_counter() - start) * 1000
         timing = {"infer_ms": infer_ms, "batch_size": len(prepared)}
-        return [{"actions": np.asarray(self._outputs({"state": p["state"], "actions": a})["actions"], np.float32),
-                 "policy_timing": dict(timing)} for p, a in zip(prepared, actions, strict=False)]  # fmt: skip
+        answers: list[dict[str, Any] | Exception] = []
+        for p, a in zip(prepared, actions, strict=False):
+            out = np.asarray(self._outputs({"state": p["state"], "actions": a})["actions"], np.float32)
+            answers.append({"actions": out, "policy_timing": dict(timing)} if np.all(np.isfinite(out))
+                           else self._non_finite(p["client_state"]))  # fmt: skip
+        return answers
+
+    def _non_finite(self, state: np.ndarray) -> protocol.InvalidRequest:
+        """The error for an observation whose actions overflowed: never send a robot inf or NaN."""
+        trained = self._state_range
+        return protocol.InvalidRequest(
+            f"the actions computed for this observation are not finite; its 'state' spans "
+            f"[{np.min(state):g}, {np.max(state):g}] against a trained range of [{trained[0]:g}, {trained[1]:g}]: "
+            "wrong units or a corrupt reading?")
 
     def infer_batch(self, observations: Sequence[Mapping[str, Any]], *,
                     isolate_errors: bool = False) -> list[dict[str, Any] | Exception]:
@@ -188,10 +203,12 @@ class Policy:
                     raise
                 prepared.append(err)
         good = [p for p in prepared if not isinstance(p, Exception)]
-        answers: list[dict[str, Any]] = []
+        answers: list[dict[str, Any] | Exception] = []
         cap = self.options.max_batch_size
         for i in range(0, len(good), cap):
             answers += self._run_chunk(good[i : i + cap])
+        if not isolate_errors and (failed := [a for a in answers if isinstance(a, Exception)]):
+            raise failed[0]
         it = iter(answers)
         return [p if isinstance(p, Exception) else next(it) for p in prepared]
 

@@ -123,6 +123,19 @@ def test_isolated_errors_leave_the_rest_of_the_batch(local_policy):
         local_policy.infer_batch([good[0], bad])
 
 
+def test_an_observation_whose_actions_overflow_is_refused_alone(local_policy):
+    good = _observations(2)
+    huge = {**good[0], "state": np.full(14, 3e38, np.float32)}  # finite, but overflows float32 once normalized
+    with np.errstate(over="ignore", invalid="ignore"):
+        answers = local_policy.infer_batch([good[0], huge, good[1]], isolate_errors=True)
+        assert isinstance(answers[1], protocol.InvalidRequest)
+        assert "not finite" in str(answers[1]) and "'state' spans [3e+38, 3e+38]" in str(answers[1])
+        np.testing.assert_array_equal(answers[0]["actions"], local_policy.infer(good[0])["actions"])
+        assert np.all(np.isfinite(answers[2]["actions"]))
+        with pytest.raises(protocol.InvalidRequest, match="not finite"):
+            local_policy.infer(huge)
+
+
 def test_metadata(local_policy):
     meta = local_policy.metadata
     assert meta["adv_ind"] == "positive" and meta["config"] == CONFIG and meta["action_horizon"] == 10
