@@ -42,7 +42,7 @@ INTERNAL_REASON = "Internal server error. Traceback included in previous frame."
 # about its frame's size, which the proxy caps at 16 MiB.
 MODEL_ENV = {"RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(2 * protocol.PROXY_MAX_MESSAGE_BYTES)}
 
-fastapi_app = fastapi.FastAPI()
+fastapi_app = fastapi.FastAPI(docs_url=None, redoc_url=None, openapi_url=None)  # no API pages past the key
 
 
 @serve.deployment
@@ -75,7 +75,7 @@ class Ingress:
         # By value over gRPC, not a Ray actor call: ~1.5 ms less CPU per request across ingress and
         # model, answers ~1 ms sooner (CPU, batch 1, 450 KB observations).
         self.model = model.options(_by_reference=False)
-        self._authorization = f"Api-Key {key}" if (key := config.resolved_api_key()) else None
+        self._api_key = config.resolved_api_key()
         self._metadata: dict[str, Any] | None = None
 
     async def _session_metadata(self) -> dict[str, Any]:
@@ -84,9 +84,11 @@ class Ingress:
         return self._metadata
 
     def _authorized(self, ws: WebSocket) -> bool:
-        if self._authorization is None:
+        """`Authorization: Api-Key <key>` as openpi-client sends it (the scheme in any case, as HTTP allows)."""
+        if self._api_key is None:
             return True
-        return hmac.compare_digest(ws.headers.get("authorization", "").encode(), self._authorization.encode())
+        scheme, _, key = ws.headers.get("authorization", "").strip().partition(" ")
+        return scheme.lower() == "api-key" and hmac.compare_digest(key.strip().encode(), self._api_key.encode())
 
     @fastapi_app.get("/healthz")
     def healthz(self) -> PlainTextResponse:

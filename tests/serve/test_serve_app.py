@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import re
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
@@ -168,6 +169,15 @@ def test_api_key_is_required(served):
             ws_client.WebsocketClientPolicy(served["uri"], api_key=key)
     with ws_client.WebsocketClientPolicy(served["uri"], api_key=API_KEY) as client:
         assert client.get_server_metadata()["adv_ind"] == "positive"
+    for header in (f"api-key {API_KEY}", f"API-KEY  {API_KEY} "):  # HTTP auth schemes are case-insensitive
+        with ws_sync.connect(served["uri"], additional_headers={"Authorization": header}) as conn:
+            assert isinstance(conn.recv(timeout=30), bytes)
+    for header in (f"Bearer {API_KEY}", f"Api-Key {API_KEY}x", f"Api-Key{API_KEY}", API_KEY):
+        with pytest.raises(Exception, match="HTTP 403"):
+            ws_sync.connect(served["uri"], additional_headers={"Authorization": header}, open_timeout=30)
+    for page in ("docs", "redoc", "openapi.json"):  # FastAPI's pages would describe the server to anyone
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"http://127.0.0.1:{served['port']}/{page}", timeout=30)
 
 
 def test_direct_ingress_refused_on_a_cluster_without_its_environment(ray_local, policy_run):
