@@ -18,9 +18,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tyro
 from flax import nnx
 
+from jobs import cli
 from recap_ray.configs import registry
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,5 @@ def main(bench: BenchConfig) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    out = main(tyro.cli(BenchConfig))
+    out = main(cli.parse(BenchConfig, __doc__))
     print(json.dumps({"device": jax.devices()[0].device_kind, **out}, indent=2))  # noqa: T201

@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import logging
 import statistics
 import time
 from pathlib import Path
@@ -40,9 +39,9 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-import tyro
 from flax import nnx
 
+from jobs import cli
 from recap_ray.configs import registry
 from recap_ray.train import optim, sharding, state as state_lib, step as step_lib, tasks
 
@@ -258,5 +257,4 @@ def main(bench: BenchConfig) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    main(tyro.cli(BenchConfig))
+    main(cli.parse(BenchConfig, __doc__))

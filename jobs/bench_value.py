@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jobs import cli
 from recap_ray.configs import registry
 from recap_ray.models import value_infer, value_weights
 from recap_ray.models.value_config import ValueModelConfig
@@ -164,7 +165,4 @@ def main(args: Args) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    import tyro
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
-    main(tyro.cli(Args))
+    main(cli.parse(Args, __doc__))

@@ -36,6 +36,13 @@ def _excepthook(kind: type[BaseException], err: BaseException, tb: TracebackType
 def parse(config_type: type[T], description: str) -> T:
     """Parse the command line into `config_type` and configure logging and error reporting for the job."""
     config = tyro.cli(config_type, description=description)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     sys.excepthook = _excepthook
     return config
+
+
+def setup_logging() -> None:
+    """INFO and above to stderr, absl's (orbax's) from WARNING."""
+    # force: importing orbax already gave the root logger a WARNING handler (absl calls basicConfig on first use)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's INFO: ~40 lines a checkpoint save
