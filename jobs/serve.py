@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import socket
 import time
 from typing import Annotated, Any
@@ -108,15 +109,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def connect(config: Config) -> None:
+    """Start a local Ray with `RAY_ENV` (and the direct-ingress environment), or join RAY_ADDRESS's cluster."""
+    env = {**RAY_ENV, **direct_ingress_env(config.port)} if config.app.direct_ingress else RAY_ENV
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    if config.app.direct_ingress:  # nothing in front of the replicas to deregister them: stop at once
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "0")
+    ray.init()
+
+
 def start(config: Config) -> tuple[str, dict[str, Any]]:
     """Deploy the application and wait until it accepts connections; returns (ws URI, metadata)."""
     if not ray.is_initialized():
-        env = {**RAY_ENV, **direct_ingress_env(config.port)} if config.app.direct_ingress else RAY_ENV
-        for key, value in env.items():
-            os.environ.setdefault(key, value)
-        if config.app.direct_ingress:  # nothing in front of the replicas to deregister them: stop at once
-            os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "0")
-        ray.init()
+        connect(config)
     elif config.app.direct_ingress:
         _check_direct_ingress_env(config.port)
     gpus = ray.cluster_resources().get("GPU", 0)
@@ -137,11 +143,16 @@ def start(config: Config) -> tuple[str, dict[str, Any]]:
 
 
 def main(config: Config) -> None:
-    """Serve until interrupted, then shut Serve down."""
-    uri, metadata = start(config)
-    logger.info("ready: %s (openpi websocket protocol), health at http://%s:%d/healthz; metadata %s",
-                uri, config.host, config.port, metadata)  # fmt: skip
+    """Serve until interrupted (Ctrl-C, or SIGTERM as docker, systemd and Kubernetes stop a process), then
+    shut Serve down."""
+    connect(config)
+    # After ray.init: its core worker's crash handler takes SIGTERM (stack dump, then abort) from the
+    # handler Ray sets in Python; this one takes it back and stops like Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        uri, metadata = start(config)
+        logger.info("ready: %s (openpi websocket protocol), health at http://%s:%d/healthz; metadata %s",
+                    uri, config.host, config.port, metadata)  # fmt: skip
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

@@ -95,11 +95,15 @@ def served(request, ray_local, policy_run: Path, tmp_path_factory: pytest.TempPa
         assert proc.poll() is None, "jobs.serve exited"
         yield {"uri": uri, "port": port, "metadata": metadata, "app": app}
     finally:
-        proc.send_signal(signal.SIGINT)  # jobs.serve shuts Serve down, then its Ray
+        proc.send_signal(signal.SIGTERM)  # how docker, systemd and Kubernetes stop it: Serve, then its Ray, shut down
         try:
-            proc.wait(timeout=90)
+            rc = proc.wait(timeout=90)
         except subprocess.TimeoutExpired:
             proc.kill()
+            raise
+    text = log.read_text()
+    if rc != 0 or "shutting down" not in text or "SIGTERM received" in text:
+        pytest.fail(f"jobs.serve did not stop cleanly on SIGTERM (exit {rc}); its log ends:\n{text[-3000:]}")
 
 
 @pytest.fixture(scope="session")
