@@ -33,6 +33,10 @@ core worker reports the worker dead, and the interpreter exits past Ray Train's 
 thread; no atexit hook or other thread's `finally` runs, checked on 2.60), the training thread
 cannot install a handler, and the raylet itself SIGTERMs the workers it stops.
 
+Interruption. Ctrl-C or SIGTERM to the driver (`ray job stop`) writes RUN_DIR/stop.json for its session
+(`jobs.training.fit_interruptible`); `StopSignal` hands rank 0's reading of it to every rank at the same
+step, and every rank saves that step and returns: the run ends with status `stopped`, not restarted.
+
 A failure a restart would meet again (`loop.cannot_heal`: bad data, a non-finite loss, device memory
 exhausted) is written to RUN_DIR/failure.json by the worker that met it; Ray Train still restarts the
 group once (it retries any worker error), and the restarted workers find the file and return at once,
@@ -44,9 +48,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from typing import Any
 
 import ray.train
+import ray.train.collective
 from absl import logging as absl_logging
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.v2.jax import JaxConfig, JaxTrainer
@@ -68,13 +74,38 @@ class Resources:
     env: tuple[tuple[str, str], ...] = ()  # extra environment variables for the workers
 
 
-def _preemption_notice() -> bool:
-    """`should_stop` for the loop: whether Ray Train reports a node of this worker group draining.
+STOP_POLL_S = 2.0  # about how often rank 0 looks for the driver's stop request (RUN_DIR/stop.json)
 
-    `ray.train.get_preemption_info` is a barrier (rank 0's answer goes to every rank), so each rank
-    must call it the same number of times: once per step, as the loop does.
+
+class StopSignal:
+    """`should_stop` for the loop, called once per step on every rank, the same answer on all.
+
+    PREEMPTED when Ray Train reports a node of this worker group draining: `ray.train.get_preemption_info`
+    is a barrier handing rank 0's answer to every rank, so each rank calls it once per step. STOPPED when the
+    driver asked this session to stop (`run_record.request_stop`): rank 0 reads the file about every
+    STOP_POLL_S seconds and broadcasts its answer with the number of steps until its next look, so every
+    rank looks at the same steps and a file read (a cloud round trip) is not paid every step.
     """
-    return ray.train.get_preemption_info() is not None
+
+    def __init__(self, run_dir: str, session: str, rank: int) -> None:
+        self.run_dir, self.session, self.lead = run_dir, session, rank == 0
+        self.skip = 0  # steps left before the next look
+        self.steps, self.since = 0, time.monotonic()  # steps since the last look, and its time
+
+    def __call__(self) -> str | None:
+        if ray.train.get_preemption_info() is not None:
+            return loop.PREEMPTED
+        self.steps += 1
+        if self.skip > 0:
+            self.skip -= 1
+            return None
+        answer = None
+        if self.lead:
+            per_s = self.steps / max(time.monotonic() - self.since, 1e-6)
+            answer = (run_record.stop_requested(self.run_dir, self.session), max(1, min(1000, round(STOP_POLL_S * per_s))))
+        stop, every = ray.train.collective.broadcast_from_rank_zero(answer)
+        self.skip, self.steps, self.since = every - 1, 0, time.monotonic()
+        return loop.STOPPED if stop else None
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -91,7 +122,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 rank=ctx.get_world_rank(),
                 world_size=ctx.get_world_size(),
                 report=lambda metrics: ray.train.report(metrics),
-                should_stop=_preemption_notice,
+                should_stop=StopSignal(job.run_dir, job.session, ctx.get_world_rank()),
             ),
         )
     except Exception as err:

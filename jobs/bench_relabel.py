@@ -126,7 +126,7 @@ def main(args: Args) -> dict[str, Any]:
             episodes = [(ep.index, ep.length) for ep in ds.meta.episodes]
         base = in_process(spec, episodes)
         logger.info("in-process: %s", json.dumps(base))
-        relabel_job.init_ray()
+        cli.connect_ray()
         gpus = relabel_job.resources(dataclasses.replace(config, gpus_per_actor=args.gpus_per_actor)).gpus_per_actor
         runs = []
         for n in args.actors:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from types import TracebackType
 from typing import TypeVar
 
@@ -46,3 +48,18 @@ def setup_logging() -> None:
     # force: importing orbax already gave the root logger a WARNING handler (absl calls basicConfig on first use)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's INFO: ~40 lines a checkpoint save
+
+
+def connect_ray() -> None:
+    """Join the cluster in $RAY_ADDRESS (`ray job submit` sets it), else start an embedded one without token
+    auth; then SIGTERM (docker, Kubernetes, `ray job stop`) stops the job like Ctrl-C, its cleanup run."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster: no token needed
+    ray.init()
+    if threading.current_thread() is threading.main_thread():
+        # ray.init's core worker installs a crash handler that takes SIGTERM from Python: a stack dump, then abort
+        signal.signal(signal.SIGTERM, signal.default_int_handler)

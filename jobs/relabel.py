@@ -80,19 +80,8 @@ class Config:
     """Keep the per-episode values in <output>.relabel/work after publishing."""
 
 
-def init_ray() -> None:
-    """Join the cluster in $RAY_ADDRESS (ray job submit), else start an embedded one without token auth."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if not os.environ.get("RAY_ADDRESS"):
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init()
-
-
 def fixed_cluster() -> bool:
-    """Whether the Ray this job uses cannot grow: the embedded one `init_ray` starts (no $RAY_ADDRESS, no autoscaler)."""
+    """Whether the Ray this job uses cannot grow: the embedded one `cli.connect_ray` starts (no $RAY_ADDRESS, no autoscaler)."""
     return not os.environ.get("RAY_ADDRESS")
 
 
@@ -179,7 +168,7 @@ def infer_values(config: Config, spec: relabel_actors.InferenceSpec, store: rela
     logger.info("relabel: %d of %d episodes to infer (%d frames already done)", len(todo), len(lengths), done)
     if not todo:
         return
-    init_ray()
+    cli.connect_ray()
     with tqdm.tqdm(total=sum(n for _, n in lengths), initial=done, unit="frame", desc="value inference") as bar:
         for e, values in relabel_actors.infer(spec, todo, resources(config), fixed_cluster=fixed_cluster()):
             store.save(e, values)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 import socket
 import time
 from typing import Annotated, Any
@@ -110,13 +109,14 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def connect(config: Config) -> None:
-    """Start a local Ray with `RAY_ENV` (and the direct-ingress environment), or join RAY_ADDRESS's cluster."""
+    """Start a local Ray with `RAY_ENV` (and the direct-ingress environment), or join RAY_ADDRESS's cluster
+    (`cli.connect_ray`)."""
     env = {**RAY_ENV, **direct_ingress_env(config.port)} if config.app.direct_ingress else RAY_ENV
     for key, value in env.items():
         os.environ.setdefault(key, value)
     if config.app.direct_ingress:  # nothing in front of the replicas to deregister them: stop at once
         os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "0")
-    ray.init()
+    cli.connect_ray()
 
 
 def start(config: Config) -> tuple[str, dict[str, Any]]:
@@ -145,10 +145,7 @@ def start(config: Config) -> tuple[str, dict[str, Any]]:
 def main(config: Config) -> None:
     """Serve until interrupted (Ctrl-C, or SIGTERM as docker, systemd and Kubernetes stop a process), then
     shut Serve down."""
-    connect(config)
-    # After ray.init: its core worker's crash handler takes SIGTERM (stack dump, then abort) from the
-    # handler Ray sets in Python; this one takes it back and stops like Ctrl-C.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    connect(config)  # from here SIGTERM is a KeyboardInterrupt
     try:
         uri, metadata = start(config)
         logger.info("ready: %s (openpi websocket protocol), health at http://%s:%d/healthz; metadata %s",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,10 @@ class Config:
 
 class TrainingFailed(cli.JobFailed):
     """A worker met a failure a restart would meet again (`loop.cannot_heal`); the run stopped."""
+
+
+class TrainingStopped(cli.JobFailed):
+    """The driver was interrupted (Ctrl-C, SIGTERM); the workers saved the step they were at and ended."""
 
 
 def parse_cameras(entries: tuple[str, ...]) -> tuple[tuple[str, str | None], ...]:
@@ -138,17 +144,6 @@ def make_job(config: Config, kind: str, fingerprint: str, **extra: Any) -> loop.
     )  # fmt: skip
 
 
-def connect_ray() -> None:
-    """Join the cluster in $RAY_ADDRESS (ray job submit sets it) or start an embedded local one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if not os.environ.get("RAY_ADDRESS"):
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster: no token needed
-    ray.init()
-
-
 def run(config: Config, kind: str, **extra: Any) -> dict[str, Any]:
     """Train on Ray; returns the final run.json."""
     from actors import train_worker
@@ -158,13 +153,13 @@ def run(config: Config, kind: str, **extra: Any) -> dict[str, Any]:
     task = loop.make_task(job)
     loop.check_dataset(job, task)  # here, not in the workers: Ray Train would retry a mismatch max_failures times
     prepare_run_dir(config, kind, fingerprint, task.run_cameras())
-    connect_ray()
+    cli.connect_ray()
     resources = train_worker.Resources(
         num_workers=config.num_workers, min_workers=config.min_workers, gpus_per_worker=config.gpus_per_worker,
         cpus_per_worker=config.cpus_per_worker, max_failures=config.max_failures,
     )  # fmt: skip
     storage = f"{config.run_dir.rstrip('/')}/ray" if "://" in config.run_dir else None
-    result = train_worker.trainer(job, resources, storage_path=storage).fit()
+    result = fit_interruptible(train_worker.trainer(job, resources, storage_path=storage), config.run_dir, job.session)
     failure = run_record.failure(config.run_dir, job.session)
     if failure is not None:
         record = run_record.update(config.run_dir, status="failed", error=failure["error"])
@@ -174,4 +169,53 @@ def run(config: Config, kind: str, **extra: Any) -> dict[str, Any]:
                              "continues from the newest checkpoint (same dataset), --overwrite starts over")  # fmt: skip
     if result.error is not None:
         raise RuntimeError(f"training run {config.run_dir} failed") from result.error
-    return run_record.read(config.run_dir)
+    record = run_record.read(config.run_dir)
+    if record.get("status") == loop.STOPPED:
+        raise TrainingStopped(f"training run {config.run_dir} stopped at step {record['step']} as asked, its checkpoint "
+                              "saved; --resume continues it")  # fmt: skip
+    return record
+
+
+def fit_interruptible(trainer: Any, run_dir: str, session: str) -> Any:
+    """`trainer.fit()`, where Ctrl-C or SIGTERM (`ray job stop`, a pod's deletion) asks the workers to save the
+    step they are at and end; a second one gives up at once.
+
+    Ray Train's own Ctrl-C handler aborts the workers without a checkpoint, and Ray's core worker turns SIGTERM
+    into a stack dump and an abort: so fit runs in a thread, and the main thread takes both signals and writes
+    the request the workers look for (`run_record.request_stop`, `actors.train_worker.StopSignal`).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return trainer.fit()  # signals reach the main thread only: its owner handles them
+
+    outcome: dict[str, Any] = {}
+    done = threading.Event()  # not Thread.join: an interrupted join can mark the thread finished (Python < 3.13)
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as err:  # re-raised on the main thread
+            outcome["error"] = err
+        finally:
+            done.set()
+
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        threading.Thread(target=fit, name="fit", daemon=True).start()
+        stopping = False
+        while not done.is_set():
+            try:
+                done.wait(0.5)
+            except KeyboardInterrupt:
+                if stopping:
+                    raise
+                stopping = True
+                run_record.request_stop(run_dir, session, "interrupted")
+                logger.warning("interrupted: the workers save the step they are at, then end (interrupt again to "
+                               "abort at once, losing the steps since the last checkpoint)")  # fmt: skip
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:  # None: not set from Python
+                signal.signal(sig, handler)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]

@@ -261,7 +261,7 @@ def test_a_crashed_training_stage_resumes_its_run(tmp_path, monkeypatch):
     monkeypatch.setattr(training, "make_job", lambda config, kind, fingerprint, **extra: None)
     monkeypatch.setattr(training.loop, "make_task", lambda job: types.SimpleNamespace(run_cameras=dict))
     monkeypatch.setattr(training.loop, "check_dataset", lambda job, task: None)
-    monkeypatch.setattr(training, "connect_ray", connect_ray)
+    monkeypatch.setattr(training.cli, "connect_ray", connect_ray)
     rc = round_job.RoundConfig(value_config="value_tiny", policy_config="pi06_tiny")
     for kind, config in (("value", "value_tiny"), ("policy", "pi06_tiny")):
         current = kind

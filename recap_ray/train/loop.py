@@ -61,11 +61,16 @@ class WorkerContext:
     rank: int = 0
     world_size: int = 1
     report: Callable[[dict[str, Any]], None] = lambda metrics: None  # every rank, same number of calls
-    should_stop: Callable[[], bool] = lambda: False  # preemption notice received
+    # Asked once per step, the same answer on every rank: None, PREEMPTED (a node is being reclaimed: save, then
+    # raise Preempted so Ray Train restarts the group elsewhere) or STOPPED (the driver was interrupted: save, end).
+    should_stop: Callable[[], str | None] = lambda: None
+
+
+PREEMPTED, STOPPED = "preempted", "stopped"  # run.json statuses of a run that saved and stopped early
 
 
 class Preempted(RuntimeError):
-    """Raised after the checkpoint a stop request asked for has been written."""
+    """Raised after the checkpoint a preemption notice asked for has been written."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -201,11 +206,13 @@ def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_
             if done % save_interval == 0 or done == num_steps or stop:
                 _check_finite(float(jax.device_get(out["loss"])), done, mngr.latest_step())
                 save(done)
-            if stop and done < num_steps:  # a notice at the last step: the run is finished, not preempted
+            if stop and done < num_steps:  # a notice at the last step: the run is finished, not stopped
                 mngr.wait_until_finished()
                 if lead:
-                    run_record.update(job.run_dir, step=done, status="preempted", checkpoints=list(mngr.all_steps()))
-                raise Preempted(f"stopped at step {done} after a preemption notice; checkpoint saved")
+                    run_record.update(job.run_dir, step=done, status=stop, checkpoints=list(mngr.all_steps()))
+                if stop == PREEMPTED:
+                    raise Preempted(f"stopped at step {done} after a preemption notice; checkpoint saved")
+                return metrics
         mngr.wait_until_finished()
         if lead:
             run_record.update(job.run_dir, step=num_steps, status="finished", checkpoints=list(mngr.all_steps()))

@@ -3,12 +3,15 @@
 Fields: kind, config, dataset, dataset_fingerprint, init, global_batch, num_steps, step (the last
 finished step), start_step (the step the latest (re)start resumed from), restarts (worker-group
 restarts after a failure or preemption within one job), checkpoints (the saved steps), status
-(running / finished / preempted / failed), error (why it failed), world_size, cameras (camera role -> dataset camera trained on), metrics (the last logged), session (the job
+(running / finished / preempted / stopped / failed), error (why it failed), world_size, cameras (camera role -> dataset camera trained on), metrics (the last logged), session (the job
 invocation), updated (UTC time).
 
 RUN_DIR/failure.json: a failure a restart would meet again (bad data, a non-finite loss, out of device
 memory), written by the worker that met it; the workers Ray Train restarts in the same session find it
 and end at once instead of failing again max_failures times.
+
+RUN_DIR/stop.json: the driver was interrupted (Ctrl-C, SIGTERM) and asks the workers of its session to
+save the step they are at and end.
 
 RUN_DIR may be a cloud URI (`gs://bucket/run`, `s3://bucket/run`): the file goes through
 `etils.epath` (fsspec).
@@ -27,6 +30,7 @@ from recap_ray.models import checkpoints
 
 
 FAILURE_FILE = "failure.json"
+STOP_FILE = "stop.json"
 
 
 def path(run_dir: epath.PathLike) -> epath.Path:
@@ -92,3 +96,17 @@ def failure(run_dir: epath.PathLike, session: str) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     return found if found.get("session") == session else None
+
+
+def request_stop(run_dir: epath.PathLike, session: str, reason: str) -> None:
+    """Ask `session`'s workers to save and end (RUN_DIR/stop.json)."""
+    _write_json(epath.Path(run_dir) / STOP_FILE, {"session": session, "reason": reason})
+
+
+def stop_requested(run_dir: epath.PathLike, session: str) -> bool:
+    """Whether RUN_DIR/stop.json asks `session` to stop (an earlier session's request is not this one's)."""
+    try:
+        found = json.loads((epath.Path(run_dir) / STOP_FILE).read_text())
+    except FileNotFoundError:
+        return False
+    return found.get("session") == session

@@ -29,7 +29,7 @@ def no_ray(monkeypatch):
     def connect() -> None:
         raise AssertionError("Ray was started")
 
-    monkeypatch.setattr(training, "connect_ray", connect)
+    monkeypatch.setattr(training.cli, "connect_ray", connect)
 
 
 def _config(kind, tmp_path, dataset, tokenizer, **kw):

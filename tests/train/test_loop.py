@@ -56,9 +56,9 @@ def test_preempted_then_resumed_equals_uninterrupted(tmp_path, train_dataset, se
 
     calls = {"n": 0}
 
-    def stop_after_three() -> bool:
+    def stop_after_three() -> str | None:
         calls["n"] += 1
-        return calls["n"] == 3
+        return loop.PREEMPTED if calls["n"] == 3 else None
 
     broken = dataclasses.replace(straight, run_dir=str(tmp_path / "b" / "run"))
     with pytest.raises(loop.Preempted):
@@ -80,7 +80,7 @@ def test_preempted_then_resumed_equals_uninterrupted(tmp_path, train_dataset, se
 def test_notice_at_the_last_step_finishes_the_run(tmp_path, train_dataset, sentencepiece_model):
     """A preemption notice that arrives with the last step: the run is complete, so no restart is asked for."""
     job = _job(tmp_path, train_dataset, sentencepiece_model, num_steps=2, save_interval=10)
-    loop.train(job, loop.WorkerContext(should_stop=iter([False, True]).__next__))  # the notice comes at step 2
+    loop.train(job, loop.WorkerContext(should_stop=iter([None, loop.PREEMPTED]).__next__))  # the notice comes at step 2
     record = run_record.read(job.run_dir)
     assert (record["status"], record["step"], record["checkpoints"]) == ("finished", 2, [2])
 

@@ -138,6 +138,26 @@ def _refresh_elastic_node_view() -> None:
     ray.get(coordinator.get_reserved_resources.remote("", recompute=True))  # recompute: re-reads ray.nodes()
 
 
+def test_an_interrupted_driver_has_the_workers_save_their_step_and_end(ray_local, tmp_path, train_dataset, sentencepiece_model):
+    """Ctrl-C or SIGTERM to the driver (`ray job stop`, a pod's deletion): the workers save the step they are
+    at (no interval save falls in the run) and end; the job stops with one line; --resume continues."""
+    config = _config(tmp_path, "interrupted", train_dataset, sentencepiece_model, num_steps=400, save_interval=1000)
+
+    def interrupt() -> None:  # from another thread, once the workers train: the signal reaches the main thread
+        _wait_for(lambda: run_record.read(config.run_dir).get("step", 0) >= 2, 300, "training step 2")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    with pytest.raises(training.TrainingStopped, match=r"stopped at step \d+ as asked, its checkpoint saved; --resume"):
+        training.run(config, "value")
+    stopped = run_record.read(config.run_dir)
+    step = stopped["step"]
+    assert (stopped["status"], stopped["checkpoints"]) == ("stopped", [step]) and 2 <= step < 400, stopped
+    assert _params(config.run_dir)[1] == step
+    resumed = training.run(dataclasses.replace(config, resume=True, num_steps=step + 2), "value")
+    assert (resumed["status"], resumed["start_step"], resumed["step"]) == ("finished", step, step + 2), resumed
+
+
 def _alive_nodes() -> int:
     return sum(node["Alive"] for node in ray.nodes())
 
