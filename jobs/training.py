@@ -173,6 +173,9 @@ def run(config: Config, kind: str, **extra: Any) -> dict[str, Any]:
     if record.get("status") == loop.STOPPED:
         raise TrainingStopped(f"training run {config.run_dir} stopped at step {record['step']} as asked, its checkpoint "
                               "saved; --resume continues it")  # fmt: skip
+    if run_record.stop_requested(config.run_dir, job.session):  # the interrupt came as the last step ended
+        raise TrainingStopped(f"training run {config.run_dir} finished (step {record['step']}) as the interrupt "
+                              "came; stopping here")  # fmt: skip
     return record
 
 

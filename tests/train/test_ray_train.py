@@ -138,7 +138,7 @@ def _refresh_elastic_node_view() -> None:
     ray.get(coordinator.get_reserved_resources.remote("", recompute=True))  # recompute: re-reads ray.nodes()
 
 
-def test_an_interrupted_driver_has_the_workers_save_their_step_and_end(ray_local, tmp_path, train_dataset, sentencepiece_model):
+def test_an_interrupted_driver_has_the_workers_save_their_step_and_end(ray_local, tmp_path, train_dataset, sentencepiece_model, monkeypatch):
     """Ctrl-C or SIGTERM to the driver (`ray job stop`, a pod's deletion): the workers save the step they are
     at (no interval save falls in the run) and end; the job stops with one line; --resume continues."""
     config = _config(tmp_path, "interrupted", train_dataset, sentencepiece_model, num_steps=400, save_interval=1000)
@@ -154,7 +154,11 @@ def test_an_interrupted_driver_has_the_workers_save_their_step_and_end(ray_local
     step = stopped["step"]
     assert (stopped["status"], stopped["checkpoints"]) == ("stopped", [step]) and 2 <= step < 400, stopped
     assert _params(config.run_dir)[1] == step
-    resumed = training.run(dataclasses.replace(config, resume=True, num_steps=step + 2), "value")
+    # resumed, with an interrupt that comes as the last step ends (the workers finish): the job still stops
+    monkeypatch.setattr(training.run_record, "stop_requested", lambda run_dir, session: True)  # the driver's look only
+    with pytest.raises(training.TrainingStopped, match=rf"finished \(step {step + 2}\) as the interrupt came"):
+        training.run(dataclasses.replace(config, resume=True, num_steps=step + 2), "value")
+    resumed = run_record.read(config.run_dir)
     assert (resumed["status"], resumed["start_step"], resumed["step"]) == ("finished", step, step + 2), resumed
 
 
