@@ -3,6 +3,7 @@
 A job that stops on bad input (ValueError, FileNotFoundError, FileExistsError: a missing flag, a bad file, an
 existing output) or whose work failed for a reason its message states whole (JobFailed) prints one line
 `error: ...` naming it, without a traceback, and exits 1; set RECAP_TRACEBACK=1 to see the traceback.
+SIGTERM (docker, Kubernetes, `ray job stop`) stops a job like Ctrl-C: its cleanup runs, it prints `interrupted`.
 """
 
 from __future__ import annotations
@@ -28,18 +29,24 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, JobFailed)
 
 
 def _excepthook(kind: type[BaseException], err: BaseException, tb: TracebackType | None) -> None:
-    """Report a user error on one line; anything else (or RECAP_TRACEBACK=1) with its traceback."""
-    if issubclass(kind, USER_ERRORS) and not os.environ.get("RECAP_TRACEBACK"):
+    """Report a user error on one line, an interrupt (Ctrl-C, SIGTERM) as such; anything else (or
+    RECAP_TRACEBACK=1) with its traceback."""
+    if os.environ.get("RECAP_TRACEBACK"):
+        sys.__excepthook__(kind, err, tb)
+    elif issubclass(kind, USER_ERRORS):
         print(f"error: {err}\n(RECAP_TRACEBACK=1 shows where it was raised)", file=sys.stderr)
+    elif issubclass(kind, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
     else:
         sys.__excepthook__(kind, err, tb)
 
 
 def parse(config_type: type[T], description: str) -> T:
-    """Parse the command line into `config_type` and configure logging and error reporting for the job."""
+    """Parse the command line into `config_type` and configure logging, error reporting and SIGTERM for the job."""
     config = tyro.cli(config_type, description=description)
     setup_logging()
     sys.excepthook = _excepthook
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # docker, Kubernetes: stop like Ctrl-C, cleanup run
     return config
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,3 +32,30 @@ def test_a_jobs_info_log_and_user_error_reach_stderr():
     assert "INFO jobs.example: ready: demo" in out.stderr, out.stderr[-2000:]
     assert "orbax detail" not in out.stderr  # absl's INFO (orbax: dozens of lines a checkpoint) stays quiet
     assert "error: episode 3: column 'reward' is missing" in out.stderr and "Traceback" not in out.stderr
+
+
+STOPPABLE = """
+import sys, time
+from jobs import cli
+import dataclasses
+
+@dataclasses.dataclass
+class Config:
+    name: str = "x"
+
+cli.parse(Config, "a test job")
+try:
+    print("working", flush=True)
+    time.sleep(120)
+finally:
+    print("cleaned up", flush=True)
+"""
+
+
+def test_sigterm_stops_a_job_like_ctrl_c():
+    proc = subprocess.Popen([sys.executable, "-c", STOPPABLE], cwd=Path(__file__).parents[1], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline() == "working\n"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert out == "cleaned up\n" and err == "interrupted\n" and proc.returncode != 0, (out, err)
