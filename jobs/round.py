@@ -329,8 +329,9 @@ def run_round(rc: RoundConfig, out: Path, *, sft_stage: bool = False) -> dict[st
         baseline = rc.eval_baseline or init
         if baseline:
             policies = {"baseline": baseline, **policies}
+        # resumable: an evaluation resumes the episodes it finds, and refuses those of a retrained policy
         m.run("evaluate", {"policies": policies}, f"jobs.serve + jobs.evaluate --episodes {rc.eval_episodes}",
-              lambda: evaluate_stage(rc, policies, out / "evaluation"))  # fmt: skip
+              lambda: evaluate_stage(rc, policies, out / "evaluation"), resumable=out / "evaluation")  # fmt: skip
     return m.data
 
 

@@ -88,18 +88,24 @@ class Manifest:
         return (entry["status"] == DONE and all(Path(p).exists() for p in entry.get("outputs", {}).values())
                 and entry.get("inputs_id") == ids())  # fmt: skip
 
-    def run(self, name: str, inputs: dict[str, Any], command: str, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def run(self, name: str, inputs: dict[str, Any], command: str, body: Callable[[], dict[str, Any]],
+            resumable: Path | None = None) -> dict[str, Any]:
         """Run `body` unless the stage is done; body returns {"outputs": {...}, "metrics": {...}, "checkpoints": [...]}.
 
         A stage done before but no longer (an input rebuilt, an output deleted) starts afresh: the outputs it
         recorded inside the round directory are removed first (a training stage would otherwise resume its
-        finished run); outputs elsewhere (a source dataset) are never touched.
+        finished run); outputs elsewhere (a source dataset) are never touched. `resumable` is the directory an
+        unfinished attempt leaves for the next to resume: removed when that attempt ran on other inputs.
         """
         ids = functools.cache(lambda: _stored(inputs_id(inputs)))  # fingerprints read every parquet file: once
         if self._done(name, ids):
             return self.stage(name)
-        if self.stage(name)["status"] == DONE:
+        last = self.stage(name)
+        if last["status"] == DONE:
             self._remove_outputs(name)
+        elif resumable is not None and resumable.exists() and "inputs_id" in last and last["inputs_id"] != ids():
+            logger.warning("stage %s: its unfinished attempt ran on other inputs; removing %s to start afresh", name, resumable)
+            shutil.rmtree(resumable)
         entry = {"status": RUNNING, "inputs": inputs, "command": command, "started": _now(), "inputs_id": ids()}
         self.data["stages"][name] = entry
         self.save()

@@ -273,6 +273,24 @@ def test_a_crashed_training_stage_resumes_its_run(tmp_path, monkeypatch):
         round_job.train_stage("value", other, "/d", tmp_path / "value", None)
 
 
+def test_an_evaluation_crashed_before_its_policy_was_retrained_starts_afresh(tmp_path, monkeypatch):
+    """evaluate resumes the episodes a crashed attempt left and refuses another checkpoint's: when the policy was
+    retrained since that attempt, its episodes are removed instead of stopping every rerun."""
+    rc = round_job.RoundConfig(sources=("/data/a",), sft_checkpoint="/ckpt/sft", skip_value=True, eval_episodes=2)
+    partial = tmp_path / "round" / "evaluation" / "recap" / "episodes.jsonl"  # what a crashed attempt evaluated
+    for attempt in range(2):  # a second crash on the same policy keeps them: a rerun resumes them
+        _FakeStages(monkeypatch, tmp_path, fail="evaluation")
+        with pytest.raises(RuntimeError, match="evaluation crashed"):
+            round_job.run_round(rc, tmp_path / "round")
+        assert attempt == 0 or partial.is_file()
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.touch()
+    run_record.start(tmp_path / "outputs" / "policy", "retrained", kind="policy")  # the policy trained again since
+    fake = _FakeStages(monkeypatch, tmp_path)
+    round_job.run_round(rc, tmp_path / "round")
+    assert [c[0] for c in fake.calls] == ["evaluate"] and not partial.exists()
+
+
 def test_rerun_data_and_collect_stages_start_from_their_inputs(tmp_path, monkeypatch, tiny_datasets):
     """Outputs an unfinished attempt published are replaced, not refused and not reused."""
     a, b = tiny_datasets
