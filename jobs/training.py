@@ -169,11 +169,12 @@ def run(config: Config, kind: str, **extra: Any) -> dict[str, Any]:
                              "continues from the newest checkpoint (same dataset), --overwrite starts over")  # fmt: skip
     if result.error is not None:
         raise RuntimeError(f"training run {config.run_dir} failed") from result.error
-    record = run_record.read(config.run_dir)
+    record, interrupted = run_record.read(config.run_dir), run_record.stop_requested(config.run_dir, job.session)
+    run_record.clear_stop(config.run_dir)
     if record.get("status") == loop.STOPPED:
         raise TrainingStopped(f"training run {config.run_dir} stopped at step {record['step']} as asked, its checkpoint "
                               "saved; --resume continues it")  # fmt: skip
-    if run_record.stop_requested(config.run_dir, job.session):  # the interrupt came as the last step ended
+    if interrupted:  # the interrupt came as the last step ended
         raise TrainingStopped(f"training run {config.run_dir} finished (step {record['step']}) as the interrupt "
                               "came; stopping here")  # fmt: skip
     return record

@@ -103,6 +103,11 @@ def request_stop(run_dir: epath.PathLike, session: str, reason: str) -> None:
     _write_json(epath.Path(run_dir) / STOP_FILE, {"session": session, "reason": reason})
 
 
+def clear_stop(run_dir: epath.PathLike) -> None:
+    """Remove RUN_DIR/stop.json once its session has ended."""
+    (epath.Path(run_dir) / STOP_FILE).unlink(missing_ok=True)
+
+
 def stop_requested(run_dir: epath.PathLike, session: str) -> bool:
     """Whether RUN_DIR/stop.json asks `session` to stop (an earlier session's request is not this one's)."""
     try:

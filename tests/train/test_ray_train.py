@@ -153,7 +153,7 @@ def test_an_interrupted_driver_has_the_workers_save_their_step_and_end(ray_local
     stopped = run_record.read(config.run_dir)
     step = stopped["step"]
     assert (stopped["status"], stopped["checkpoints"]) == ("stopped", [step]) and 2 <= step < 400, stopped
-    assert _params(config.run_dir)[1] == step
+    assert _params(config.run_dir)[1] == step and not (tmp_path / "interrupted" / run_record.STOP_FILE).exists()
     # resumed, with an interrupt that comes as the last step ends (the workers finish): the job still stops
     monkeypatch.setattr(training.run_record, "stop_requested", lambda run_dir, session: True)  # the driver's look only
     with pytest.raises(training.TrainingStopped, match=rf"finished \(step {step + 2}\) as the interrupt came"):
