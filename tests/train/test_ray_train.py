@@ -147,6 +147,7 @@ def test_an_interrupted_driver_has_the_workers_save_their_step_and_end(ray_local
         _wait_for(lambda: run_record.read(config.run_dir).get("step", 0) >= 2, 300, "training step 2")
         os.kill(os.getpid(), signal.SIGINT)
 
+    sigint_before = signal.getsignal(signal.SIGINT)
     threading.Thread(target=interrupt, daemon=True).start()
     with pytest.raises(training.TrainingStopped, match=r"stopped at step \d+ as asked, its checkpoint saved; --resume"):
         training.run(config, "value")
@@ -160,6 +161,9 @@ def test_an_interrupted_driver_has_the_workers_save_their_step_and_end(ray_local
         training.run(dataclasses.replace(config, resume=True, num_steps=step + 2), "value")
     resumed = run_record.read(config.run_dir)
     assert (resumed["status"], resumed["start_step"], resumed["step"]) == ("finished", step, step + 2), resumed
+    # Ray Train's fit() leaves its own Ctrl-C handler behind (an interrupt then only aborts a finished run):
+    # the next stage of a round must still be interruptible
+    assert signal.getsignal(signal.SIGINT) is sigint_before
 
 
 def _alive_nodes() -> int:
