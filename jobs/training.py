@@ -213,7 +213,7 @@ def fit_interruptible(trainer: Any, run_dir: str, session: str) -> Any:
                 if stopping:
                     raise
                 stopping = True
-                run_record.request_stop(run_dir, session, "interrupted")
+                run_record.request_stop(run_dir, session)
                 logger.warning("interrupted: the workers save the step they are at, then end (interrupt again to "
                                "abort at once, losing the steps since the last checkpoint)")  # fmt: skip
     finally:

@@ -14,34 +14,31 @@ def test_round_refuses_a_changed_config(tmp_path):
         manifest.Manifest(tmp_path, {"lookahead": 10})
 
 
-def test_round_yaml_fields_are_checked(tmp_path):
-    good = tmp_path / "round.yaml"
-    good.write_text("sources: [/data/a, /data/b]\nskip_value: true\npolicy_steps: 100\n")
-    rc = round_job.RoundConfig.from_yaml(good)
-    assert rc.sources == ("/data/a", "/data/b") and rc.skip_value and rc.policy_steps == 100
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("sources: [/data/a]\nlookahed: 10\n")
-    with pytest.raises(ValueError, match=r"bad.yaml: unknown RoundConfig fields \['lookahed'\]"):
-        round_job.RoundConfig.from_yaml(bad)
-    bad.write_text("sources: /data/a\n")  # one path, not a list: not split into characters
-    with pytest.raises(ValueError, match=r"bad.yaml: sources must be a list of dataset paths, got '/data/a'"):
-        round_job.RoundConfig.from_yaml(bad)
-    bad.write_text("value_scale: steps\n")
-    with pytest.raises(ValueError, match=r"bad.yaml: value_scale 'steps' is not one of \('episode', 'task'\)"):
-        round_job.RoundConfig.from_yaml(bad)
-
-
-def test_round_yaml_sets_the_simulated_task_and_operator(tmp_path):
+def test_round_yaml_sets_the_fields_it_names(tmp_path):
     path = tmp_path / "round.yaml"
-    path.write_text("task: {grasp_radius: 0.05, object_x: [-0.3, -0.2]}\ndagger: {max_corrections: 3}\n")
+    path.write_text("sources: [/data/a, /data/b]\nskip_value: true\npolicy_steps: 100\n"
+                    "task: {grasp_radius: 0.05, object_x: [-0.3, -0.2]}\ndagger: {max_corrections: 3}\n")  # fmt: skip
     rc = round_job.RoundConfig.from_yaml(path)
+    assert rc.sources == ("/data/a", "/data/b") and rc.skip_value and rc.policy_steps == 100
     assert rc.task.grasp_radius == 0.05 and rc.task.object_x == (-0.3, -0.2) and rc.task.goal_radius == 0.04
     assert rc.dagger.max_corrections == 3 and rc.dagger.drift_m == 0.03
-    path.write_text("task: {grasp_radus: 0.05}\n")
-    with pytest.raises(ValueError, match=r"round.yaml: task: unknown TaskConfig fields \['grasp_radus'\]"):
-        round_job.RoundConfig.from_yaml(path)
-    path.write_text("dagger: 3\n")
-    with pytest.raises(ValueError, match=r"round.yaml: dagger: expected a mapping of DaggerConfig fields, got int"):
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("sources: [/data/a]\nlookahed: 10\n", r"round.yaml: unknown RoundConfig fields \['lookahed'\]"),
+        # one path, not a list: not split into characters
+        ("sources: /data/a\n", r"round.yaml: sources must be a list of dataset paths, got '/data/a'"),
+        ("value_scale: steps\n", r"round.yaml: value_scale 'steps' is not one of \('episode', 'task'\)"),
+        ("task: {grasp_radus: 0.05}\n", r"round.yaml: task: unknown TaskConfig fields \['grasp_radus'\]"),
+        ("dagger: 3\n", r"round.yaml: dagger: expected a mapping of DaggerConfig fields, got int"),
+    ],
+)
+def test_round_yaml_errors_name_the_file_and_field(tmp_path, text, error):
+    path = tmp_path / "round.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=error):
         round_job.RoundConfig.from_yaml(path)
 
 

@@ -98,9 +98,9 @@ def failure(run_dir: epath.PathLike, session: str) -> dict[str, Any] | None:
     return found if found.get("session") == session else None
 
 
-def request_stop(run_dir: epath.PathLike, session: str, reason: str) -> None:
+def request_stop(run_dir: epath.PathLike, session: str) -> None:
     """Ask `session`'s workers to save and end (RUN_DIR/stop.json)."""
-    _write_json(epath.Path(run_dir) / STOP_FILE, {"session": session, "reason": reason})
+    _write_json(epath.Path(run_dir) / STOP_FILE, {"session": session})
 
 
 def clear_stop(run_dir: epath.PathLike) -> None:
