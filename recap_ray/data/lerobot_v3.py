@@ -7,6 +7,7 @@ Matches lerobot 0.4.x: `meta/episodes/chunk-*/file-*.parquet` with per-episode l
 
 from __future__ import annotations
 
+import bisect
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ CHUNKS_SIZE = 1000
 DATA_FILES_SIZE_MB = 100
 VIDEO_FILES_SIZE_MB = 200
 _FILE_START = "_file_start"  # in-memory only: first global index of the episode's data file
+_RELOCATED = "_relocated"  # in-memory only: data files were located from the files' row counts
 
 
 def next_file(chunk: int, file: int, chunks_size: int = CHUNKS_SIZE) -> tuple[int, int]:
@@ -168,8 +170,56 @@ def file_start_index(meta: meta_mod.Meta, episode: int) -> int:
     return meta.episode(episode).location[_FILE_START]
 
 
+def _relocate(root: Path, meta: meta_mod.Meta) -> None:
+    """Point every episode at the data file that holds its rows by lerobot's own rule: the sorted
+    `data/*/*.parquet` files, concatenated, are global rows 0..N-1 (lerobot never reads
+    data/file_index). Needed because lerobot 0.4.4's v2.1->v3.0 converter labels the first episode
+    of each new data file with the previous file's index, and lerobot loads such datasets fine.
+    Changes nothing unless the files' rows add up to total_frames (none missing or extra)."""
+    for e in meta.episodes:
+        e.location[_RELOCATED] = True
+    spans, start = [], 0  # (first global index, chunk_index, file_index) per file
+    for path in sorted(Path(root).glob("data/*/*.parquet")):
+        try:
+            chunk, file = int(path.parent.name.split("-")[-1]), int(path.stem.split("-")[-1])
+            rows = pq.ParquetFile(path).metadata.num_rows
+        except (ValueError, pa.ArrowInvalid, OSError):
+            return  # not the layout's names, or unreadable: keep the metadata's locations (and errors)
+        spans.append((start, chunk, file))
+        start += rows
+    if not spans or start != meta.total_frames:
+        return
+    firsts = [s for s, _, _ in spans]
+    for e in meta.episodes:
+        n = bisect.bisect_right(firsts, e.location["dataset_from_index"]) - 1
+        e.location[_FILE_START], e.location["data/chunk_index"], e.location["data/file_index"] = spans[n]
+
+
 def episode_table(root: Path, meta: meta_mod.Meta, episode: int) -> pa.Table:
-    """The parquet rows of one episode, reading only the row groups that hold it."""
+    """The parquet rows of one episode, reading only the row groups that hold it. When the rows read
+    are not the episode's (their `index` values differ, or the file is missing or short), the data
+    files are located once from their row counts (`_relocate`), and read again if that moved them."""
+    loc = meta.episode(episode).location
+    error = None
+    try:
+        table = _episode_rows(root, meta, episode)
+        index = table.column("index") if "index" in table.column_names else None
+        if index is None or not len(index) or (index[0].as_py(), index[-1].as_py() + 1) == (
+            loc["dataset_from_index"], loc["dataset_to_index"]):  # fmt: skip
+            return table
+    except meta_mod.DatasetError as err:
+        table, error = None, err
+    if not loc.get(_RELOCATED):
+        before = (loc["data/chunk_index"], loc["data/file_index"], loc[_FILE_START])
+        _relocate(root, meta)
+        if before != (loc["data/chunk_index"], loc["data/file_index"], loc[_FILE_START]):
+            return _episode_rows(root, meta, episode)
+    if error is not None:
+        raise error
+    return table  # rows whose `index` values are wrong wherever they are looked for: validate reports them
+
+
+def _episode_rows(root: Path, meta: meta_mod.Meta, episode: int) -> pa.Table:
     path = Path(root) / data_file(meta, episode)
     if not path.is_file():
         raise meta_mod.DatasetError(f"{path}: data file of episode {episode} is missing")

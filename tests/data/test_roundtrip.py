@@ -146,3 +146,25 @@ def test_v3_video_files_fill_by_segment_size_not_source_file_size(tmp_path, monk
     out = convert.convert(src, tmp_path / "out", "v3.0")
     with dataset.open(out) as ds:
         assert {ds.video_segment(e, CAMERAS[0]).path.name for e in range(6)} == files
+
+
+def test_v3_rows_are_found_by_global_index_when_data_file_labels_are_off(tmp_path, monkeypatch):
+    """lerobot 0.4.4's v2.1->v3.0 converter labels the first episode of each new data file with the previous
+    file's data/file_index. lerobot finds rows by dataset_from/to_index in the sorted data files, and so must
+    we: the labels read first gave an error, or another episode's rows. A missing file is still reported."""
+    monkeypatch.setattr(writer, "_MB", 1)  # limits of 100 B: one data file per episode
+    root = make_dataset(tmp_path / "ds", "v3.0", (12, 15, 9))
+    path = root / lerobot_v3.EPISODES_PATH.format(chunk_index=0, file_index=0)
+    table = pq.read_table(path)
+    assert table.column("data/file_index").to_pylist() == [0, 1, 2]
+    pq.write_table(table.set_column(table.column_names.index("data/file_index"), "data/file_index", pa.array([0, 0, 1])), path)
+    with dataset.open(root) as ds:
+        for ep, start in ((2, 27), (1, 12), (0, 0)):
+            table = ds.episode_table(ep)
+            assert table.column("episode_index").to_pylist() == [ep] * ds.meta.episode(ep).length
+            assert table.column("index")[0].as_py() == start
+            assert ds.layout.data_file(ds.meta, ep) == f"data/chunk-000/file-{ep:03d}.parquet"
+    assert validate.validate(root) == []
+    (root / "data/chunk-000/file-000.parquet").unlink()
+    with dataset.open(root) as ds, pytest.raises(meta.DatasetError, match="file-000.parquet: data file of episode 0 is missing"):
+        ds.episode_table(0)
