@@ -78,9 +78,13 @@ def _validate(ds: dataset_mod.Dataset, require_recap: bool, check_videos: bool) 
 
 def _validate_episode(ds: dataset_mod.Dataset, ep: meta_mod.Episode, start: int, require_recap: bool) -> Iterator[Issue]:
     m = ds.meta
-    data_file = str(ds.root / ds.layout.data_file(m, ep.index))
     try:
         table = ds.episode_table(ep.index)
+    except (meta_mod.DatasetError, feats.FeatureError, pa.ArrowInvalid) as err:
+        yield Issue(str(ds.root / ds.layout.data_file(m, ep.index)), str(err), episode=ep.index)
+        return
+    data_file = str(ds.root / ds.layout.data_file(m, ep.index))  # after reading: it finds a mislabelled file
+    try:
         table = feats.conform_table(table, m.features, f"{data_file}, episode {ep.index}")
     except (meta_mod.DatasetError, feats.FeatureError, pa.ArrowInvalid) as err:
         yield Issue(data_file, str(err), episode=ep.index)

@@ -168,3 +168,18 @@ def test_v3_rows_are_found_by_global_index_when_data_file_labels_are_off(tmp_pat
     (root / "data/chunk-000/file-000.parquet").unlink()
     with dataset.open(root) as ds, pytest.raises(meta.DatasetError, match="file-000.parquet: data file of episode 0 is missing"):
         ds.episode_table(0)
+
+
+def test_validate_names_the_file_a_mislabelled_episode_is_in(tmp_path, monkeypatch):
+    """An issue in an episode whose data/file_index is off (lerobot's converter) names the file its rows are in."""
+    monkeypatch.setattr(writer, "_MB", 1)  # one data file per episode
+    root = make_dataset(tmp_path / "ds", "v3.0", (12, 15, 9))
+    path = root / lerobot_v3.EPISODES_PATH.format(chunk_index=0, file_index=0)
+    table = pq.read_table(path)
+    pq.write_table(table.set_column(table.column_names.index("data/file_index"), "data/file_index", pa.array([0, 0, 1])), path)
+    data = root / "data/chunk-000/file-001.parquet"  # episode 1's rows, labelled file-000
+    rows = pq.read_table(data)
+    i = rows.column_names.index("timestamp")
+    pq.write_table(rows.set_column(i, "timestamp", pa.array([5.0] + rows.column(i).to_pylist()[1:], rows.schema.field(i).type)), data)
+    issues = validate.validate(root)
+    assert [(i.file, i.episode, i.column) for i in issues] == [(str(data), 1, "timestamp")]
