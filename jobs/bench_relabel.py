@@ -33,7 +33,7 @@ from jobs import cli, make_dataset
 from jobs import relabel as relabel_job
 from recap_ray.configs import registry
 from recap_ray.data import dataset as dataset_mod
-from recap_ray.models import checkpoints
+from recap_ray.models import checkpoints, value_config
 from recap_ray.sim import world
 
 logger = logging.getLogger(__name__)
@@ -109,13 +109,14 @@ def through_ray(spec: relabel_actors.InferenceSpec, episodes: list[tuple[int, in
 def main(args: Args) -> dict[str, Any]:
     """Run the benchmark; returns (and logs, and optionally writes) the results."""
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # the in-process model and the actors share the GPU
+    registry.get(args.config, value_config.ValueModelConfig)  # before the dataset is made
+    if args.value_ckpt is None and args.tokenizer is None:
+        raise ValueError("random weights need --tokenizer (a sentencepiece model) for the prompts")
     work = Path(tempfile.mkdtemp(prefix="bench_relabel_"))
     try:
         data = args.dataset or make_dataset.main(make_dataset.Config(
             output=work / "ds", demos=0, rollouts=args.rollouts, workers=4,
             task=world.TaskConfig(image_height=args.image_size, image_width=args.image_size)))  # fmt: skip
-        if args.value_ckpt is None and args.tokenizer is None:
-            raise ValueError("random weights need --tokenizer (a sentencepiece model) for the prompts")
         run = args.value_ckpt or random_checkpoint(work / "run", args.config, args.tokenizer)
         config = relabel_job.Config(dataset=data, value_ckpt=str(run), output=work / "unused", config=args.config,
                                     tokenizer=None if args.tokenizer is None else str(args.tokenizer),

@@ -205,6 +205,9 @@ def served(bench: BenchConfig, checkpoint: Path, obs: dict[str, Any], num_gpus: 
 def main(bench: BenchConfig) -> dict[str, Any]:
     """Run both sides; returns the figures (ms, chunks/s) and the served/in-process p50 ratio."""
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # in-process and replica share the GPU
+    config = policy.infer_config(bench.config)
+    if bench.tokenizer is not None and not bench.tokenizer.is_file():
+        raise FileNotFoundError(f"--tokenizer {bench.tokenizer}: no such file")
     num_gpus = bench.num_gpus if bench.num_gpus is not None else float(jax.default_backend() == "gpu")
     with tempfile.TemporaryDirectory(prefix="bench_serve_") as tmp:
         checkpoint = bench.checkpoint
@@ -212,7 +215,6 @@ def main(bench: BenchConfig) -> dict[str, Any]:
             if bench.tokenizer is None:
                 raise ValueError("random weights need --tokenizer (a sentencepiece model matching the config's vocab)")
             checkpoint = random_checkpoint(bench.config, bench.tokenizer, Path(tmp))
-        config = policy.infer_config(bench.config)
         stats = norm_stats.load(checkpoints.norm_stats_file(checkpoints.resolve(checkpoint), config.asset_id))
         obs = _observation(bench.image_side, len(stats["state"].q01), config.default_prompt)
         local = in_process(bench, checkpoint, obs)

@@ -43,9 +43,9 @@ def _excepthook(kind: type[BaseException], err: BaseException, tb: TracebackType
 
 def parse(config_type: type[T], description: str) -> T:
     """Parse the command line into `config_type` and configure logging, error reporting and SIGTERM for the job."""
+    sys.excepthook = _excepthook  # first: a nested config's check (its __post_init__) raises out of tyro.cli
     config = tyro.cli(config_type, description=description)
     setup_logging()
-    sys.excepthook = _excepthook
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # docker, Kubernetes: stop like Ctrl-C, cleanup run
     return config
 

@@ -22,9 +22,8 @@ from typing import Literal
 
 import tqdm
 
-from jobs import cli, make_dataset
+from jobs import cli, evaluate, make_dataset
 from recap_ray.data import writer
-from recap_ray.serve import ws_client
 from recap_ray.sim import env as env_lib
 from recap_ray.sim import checks, evaluation, session, world
 
@@ -110,8 +109,9 @@ def lineage(policy: evaluation.Policy, config: Config) -> dict:
 
 def main(config: Config) -> Path:
     """Connect to the endpoint, record the rollouts; returns the dataset root."""
-    with ws_client.WebsocketClientPolicy(config.endpoint, api_key=config.api_key,
-                                         reply_timeout_s=config.reply_timeout_s) as client:
+    if config.output.exists():
+        raise FileExistsError(f"{config.output}: already exists; datasets are never overwritten, choose a new output path")
+    with evaluate.connect(config.endpoint, config.api_key, config.reply_timeout_s) as client:
         return record(client, config, config.output)
 
 

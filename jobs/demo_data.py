@@ -47,6 +47,8 @@ def check_raw(raw: Path, config: make_dataset.Config) -> None:
 def main(config: Config) -> dict[str, Path]:
     """Run (or resume) the data stage; returns the paths of the versions and the norm stats."""
     out = config.output
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--output {out} is a file; the data stage writes a directory of dataset versions")
     paths = {"raw": out / "raw", "prepared": out / "prepared", "prepared_v21": out / "prepared_v21"}
     raw_config = make_dataset.Config(paths["raw"], demos=config.demos, rollouts=config.rollouts, seed=config.seed)
     if paths["raw"].exists():

@@ -133,12 +133,24 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def connect(endpoint: str, api_key: str | None, reply_timeout_s: float) -> ws_client.WebsocketClientPolicy:
+    """A client of the policy server at `endpoint`; a server that cannot be reached or refuses the key is a
+    JobFailed naming the endpoint."""
+    try:
+        return ws_client.WebsocketClientPolicy(endpoint, api_key=api_key, reply_timeout_s=reply_timeout_s)
+    except ConnectionError as err:
+        raise cli.JobFailed(f"--endpoint {endpoint}: {err}; is a policy server (python -m jobs.serve) running there, "
+                            "and does it take this --api-key?") from err  # fmt: skip
+
+
 def main(config: Config) -> dict:
     """Run (or resume) the evaluation, write its outputs; returns the summary."""
+    if config.output.exists() and not config.output.is_dir():
+        raise FileExistsError(f"--output {config.output} is a file; the evaluation writes a directory "
+                              f"({EPISODES_FILE}, {SUMMARY_FILE}, {VIDEO_FILE})")  # fmt: skip
     client = None
     if config.endpoint is not None:
-        client = ws_client.WebsocketClientPolicy(config.endpoint, api_key=config.api_key,
-                                                 reply_timeout_s=config.reply_timeout_s)
+        client = connect(config.endpoint, config.api_key, config.reply_timeout_s)
     try:
         return _evaluate(config, client)
     finally:

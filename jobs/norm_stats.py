@@ -35,6 +35,8 @@ class Config:
 
 def main(config: Config) -> Path:
     out = config.output or config.dataset.with_name(config.dataset.name + ".norm_stats.json")
+    if out.is_dir():
+        raise ValueError(f"--output {out} is a directory; give the file to write, e.g. {out / 'norm_stats.json'}")
     policy = registry.get(config.config) if config.config is not None else None
     if policy is not None and not isinstance(policy, policy_configs.PolicyConfig):
         raise ValueError(f"--config {config.config!r} is a {type(policy).__name__}, not a policy config")

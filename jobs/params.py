@@ -57,6 +57,6 @@ def main(args: Args) -> list[str]:
 if __name__ == "__main__":
     try:
         lines = main(tyro.cli(Args))
-    except KeyError as err:
-        raise SystemExit(str(err.args[0])) from None
+    except registry.UnknownConfig as err:
+        raise SystemExit(str(err)) from None
     sys.stdout.write("".join(f"{line}\n" for line in lines))

@@ -35,6 +35,10 @@ class Config:
 
 def read_success_file(path: Path, dataset_root: Path) -> dict[int, bool]:
     """episode index -> success from a JSON object of booleans/0-1 or a list of successful episodes of `dataset_root`."""
+    if path.is_dir():
+        raise ValueError(f"--success-file {path}: a directory, not a JSON file")
+    if not path.exists():
+        raise FileNotFoundError(f"--success-file {path}: no such file")
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as err:

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
+import jax.numpy as jnp
 import tqdm
 from etils import epath
 
@@ -28,7 +29,7 @@ from jobs import cli
 from recap_ray.configs import registry
 from recap_ray.data import dataset as dataset_mod
 from recap_ray.data import versions
-from recap_ray.models import checkpoints
+from recap_ray.models import checkpoints, value_config
 from recap_ray.recap import advantage, relabel, threshold
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,21 @@ class Config:
     keep_work: bool = False
     """Keep the per-episode values in <output>.relabel/work after publishing."""
 
+    def __post_init__(self) -> None:
+        """Numbers that cannot be meant, refused as the command line is parsed (before Ray starts)."""
+        for field, low in (("num_actors", 1), ("batch_size", 1), ("gpus_per_actor", 0), ("plot_episodes", 0)):
+            value = getattr(self, field)
+            if value is not None and value < low:
+                raise ValueError(f"--{field.replace('_', '-')} must be >= {low}, got {value}")
+        if self.dtype is not None:
+            try:
+                floating = jnp.issubdtype(jnp.dtype(self.dtype), jnp.floating)
+            except TypeError:
+                floating = False
+            if not floating:
+                raise ValueError(f"--dtype {self.dtype!r} is not a floating-point dtype; give bfloat16, float32 or "
+                                 "None (pistar's mixed precision)")  # fmt: skip
+
 
 def fixed_cluster() -> bool:
     """Whether the Ray this job uses cannot grow: the embedded one `cli.connect_ray` starts (no $RAY_ADDRESS, no autoscaler)."""
@@ -103,11 +119,17 @@ def resolve_checkpoint(config: Config) -> tuple[epath.Path, str, epath.Path | No
     """(step dir, value config name, tokenizer) of `--value-ckpt`, each local or in a bucket."""
     step = checkpoints.resolve(config.value_ckpt)
     info = checkpoints.run_info(step) or {}
+    if info.get("kind") not in (None, "value"):
+        raise ValueError(f"--value-ckpt {config.value_ckpt}: a {info['kind']} run's checkpoint ({step}); relabel needs a "
+                         "value run (jobs.train_value)")  # fmt: skip
     name = config.config or info.get("config")
     if name is None:
         raise ValueError(f"{step}: a loose checkpoint (no run.json); pass --config with its value-model config")
-    registry.get(name)
+    registry.get(name, value_config.ValueModelConfig)
     tokenizer = None if config.tokenizer is None else epath.Path(config.tokenizer)
+    if tokenizer is not None and not tokenizer.is_file():
+        raise FileNotFoundError(f"--tokenizer {tokenizer}: no such file (a sentencepiece .model; default the "
+                                "checkpoint's assets/tokenizer.model)")  # fmt: skip
     if tokenizer is None and checkpoints.tokenizer_file(step).is_file():
         tokenizer = checkpoints.tokenizer_file(step)
     return step, name, tokenizer

@@ -24,12 +24,13 @@ from typing import Annotated, Any
 
 import ray
 import tyro
+from etils import epath
 from ray import serve
 
 from actors import serve_app
 from jobs import cli
 from recap_ray.models import checkpoints
-from recap_ray.serve import app_config, ws_client
+from recap_ray.serve import app_config, policy, ws_client
 
 # Ray settings of the local cluster `start` creates (on a cluster: the nodes' environment).
 RAY_ENV = {
@@ -70,8 +71,8 @@ def _check_direct_ingress_env(port: int) -> None:
     got = ray.get(node_env.remote())
     missing = {k: v for k, v in direct_ingress_env(port).items() if got[k] != v}
     if missing:
-        raise RuntimeError("--direct-ingress: the Ray cluster's nodes need this environment (set it where Ray starts): "
-                           + " ".join(f"{k}={v}" for k, v in missing.items()) + f"; a node has {got}")  # fmt: skip
+        raise cli.JobFailed("--direct-ingress: the Ray cluster's nodes need this environment (set it where Ray starts): "
+                            + " ".join(f"{k}={v}" for k, v in missing.items()) + f"; a node has {got}")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +109,28 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def check(config: Config) -> None:
+    """What is checked before Ray starts (a few file lookups): the config is a policy's `_infer` config, and, when the
+    replicas read this machine's files (a local Ray: no $RAY_ADDRESS), the checkpoint is a policy's with its norm
+    stats and a tokenizer."""
+    infer = policy.infer_config(config.app.config)
+    if os.environ.get("RAY_ADDRESS"):  # a cluster's replicas may see other files than this driver
+        return
+    step = checkpoints.resolve(config.app.checkpoint)
+    kind = (checkpoints.run_info(step) or {}).get("kind")
+    if kind not in (None, "policy"):
+        raise ValueError(f"--checkpoint {config.app.checkpoint}: a {kind} run's checkpoint ({step}); serve a policy "
+                         "run (jobs.train_policy)")  # fmt: skip
+    stats = checkpoints.norm_stats_file(step, infer.asset_id)
+    if not stats.is_file():
+        raise FileNotFoundError(f"{step}: no norm stats at {stats} (asset id {infer.asset_id!r} of config "
+                                f"{config.app.config!r}); is this a checkpoint of that config?")  # fmt: skip
+    if config.app.tokenizer is not None and not epath.Path(config.app.tokenizer).is_file():
+        raise FileNotFoundError(f"--tokenizer {config.app.tokenizer}: no such file")
+    if config.app.tokenizer is None and not checkpoints.tokenizer_file(step).is_file():
+        raise FileNotFoundError(f"{step}: no tokenizer at {checkpoints.tokenizer_file(step)}; pass one (--tokenizer)")
+
+
 def connect(config: Config) -> None:
     """Start a local Ray with `RAY_ENV` (and the direct-ingress environment), or join RAY_ADDRESS's cluster
     (`cli.connect_ray`)."""
@@ -121,14 +144,15 @@ def connect(config: Config) -> None:
 
 def start(config: Config) -> tuple[str, dict[str, Any]]:
     """Deploy the application and wait until it accepts connections; returns (ws URI, metadata)."""
+    check(config)
     if not ray.is_initialized():
         connect(config)
     elif config.app.direct_ingress:
         _check_direct_ingress_env(config.port)
     gpus = ray.cluster_resources().get("GPU", 0)
     if config.app.num_gpus > 0 and gpus < config.app.num_gpus:
-        raise RuntimeError(f"--num-gpus {config.app.num_gpus} per model replica, but the Ray cluster has {gpus} "
-                           "GPUs (pass --num-gpus 0 to serve on CPU)")  # fmt: skip
+        raise ValueError(f"--num-gpus {config.app.num_gpus} per model replica, but the Ray cluster has {gpus} "
+                         "GPUs (pass --num-gpus 0 to serve on CPU)")  # fmt: skip
     app = dataclasses.replace(config.app, checkpoint=checkpoints.absolute_if_here(config.app.checkpoint),
                               tokenizer=checkpoints.absolute_if_here(config.app.tokenizer))  # fmt: skip
     # Direct ingress still starts Serve's proxies (the replicas' HTTP servers need an HTTP config): give them
@@ -145,6 +169,7 @@ def start(config: Config) -> tuple[str, dict[str, Any]]:
 def main(config: Config) -> None:
     """Serve until interrupted (Ctrl-C, or SIGTERM as docker, systemd and Kubernetes stop a process), then
     shut Serve down."""
+    check(config)  # before Ray starts
     connect(config)  # from here SIGTERM is a KeyboardInterrupt
     try:
         uri, metadata = start(config)

@@ -14,6 +14,7 @@ from typing import Any
 from etils import epath
 
 from jobs import cli
+from recap_ray.data import dataset as dataset_mod
 from recap_ray.data import versions
 from recap_ray.models import checkpoints
 from recap_ray.train import checkpointing, loop, run_record, samples
@@ -66,6 +67,20 @@ class Config:
     cameras: tuple[str, ...] = ()
     """Dataset cameras as ROLE=KEY: roles base, wrist (left), right_wrist, as relabel's --base-camera etc.; KEY none: masked; default YAM's."""
 
+    def __post_init__(self) -> None:
+        """Numbers that cannot be meant and flags that exclude each other, refused as the command line is parsed."""
+        if self.overwrite and self.resume:
+            raise ValueError("--resume and --overwrite exclude each other")
+        least = {"num_workers": 1, "gpus_per_worker": 0, "cpus_per_worker": 0, "num_steps": 1, "save_interval": 1,
+                 "log_interval": 1, "batch_size": 1, "min_workers": 1, "max_failures": -1, "fsdp_devices": 1,
+                 "grad_accum": 1, "keep_checkpoints": 1, "loader_threads": 1}  # fmt: skip
+        for field, low in least.items():
+            value = getattr(self, field)
+            if value is not None and value < low:
+                raise ValueError(f"--{field.replace('_', '-')} must be >= {low}, got {value}")
+        if self.min_workers is not None and self.min_workers > self.num_workers:
+            raise ValueError(f"--min-workers {self.min_workers} exceeds --num-workers {self.num_workers} (the most workers)")
+
 
 class TrainingFailed(cli.JobFailed):
     """A worker met a failure a restart would meet again (`loop.cannot_heal`); the run stopped."""
@@ -93,13 +108,31 @@ def relabel_cameras(entries: tuple[str, ...]) -> dict[str, str | None]:
     return {"base_camera": roles["base"], "wrist_camera": roles["wrist"]}
 
 
-def resolve_tokenizer(path: str | None) -> str:
-    """The tokenizer to train with (--tokenizer, else $RECAP_TOKENIZER), checked to exist: a local path or a
+def resolve_tokenizer(path: str | None, flag: str = "--tokenizer") -> str:
+    """The tokenizer to train with (`flag`, else $RECAP_TOKENIZER), checked to exist: a local path or a
     bucket URI, which every worker reads itself (a local path must be on every host)."""
     path = path or os.environ.get("RECAP_TOKENIZER") or None
-    if path is None or not epath.Path(path).is_file():
-        raise FileNotFoundError(f"tokenizer {path}: pass --tokenizer or set $RECAP_TOKENIZER to a sentencepiece .model file")
+    if path is None:
+        raise FileNotFoundError(f"no tokenizer: pass {flag} or set $RECAP_TOKENIZER to a sentencepiece .model file")
+    if not epath.Path(path).is_file():
+        raise FileNotFoundError(f"tokenizer {path}: pass {flag} or set $RECAP_TOKENIZER to a sentencepiece .model file")
     return str(path)
+
+
+def check_inputs(config: Config, kind: str) -> None:
+    """What is checked before the dataset is read in full and Ray starts, in the order a user would fix it: the
+    config (registered, of this kind), the dataset (a LeRobot dataset), the tokenizer, the cameras, the initial
+    weights, the batch."""
+    model_config = loop.config_for(kind, config.config)
+    with dataset_mod.open(config.dataset):
+        pass
+    tokenizer = resolve_tokenizer(config.tokenizer)
+    job = loop.TrainJob(kind=kind, config=config.config, dataset=str(config.dataset), run_dir=config.run_dir,
+                        tokenizer=tokenizer, session="check", init=config.init, cameras=parse_cameras(config.cameras))  # fmt: skip
+    loop.make_task(job).check_init()
+    batch = config.batch_size or model_config.batch_size
+    if batch % config.grad_accum:
+        raise ValueError(f"global batch {batch} does not split into --grad-accum {config.grad_accum} micro-batches")
 
 
 def prepare_run_dir(config: Config, kind: str, fingerprint: str, cameras: dict[str, str | None] | None = None) -> None:
@@ -148,7 +181,8 @@ def run(config: Config, kind: str, **extra: Any) -> dict[str, Any]:
     """Train on Ray; returns the final run.json."""
     from actors import train_worker
 
-    fingerprint = versions.fingerprint(config.dataset)
+    check_inputs(config, kind)
+    fingerprint = versions.fingerprint(config.dataset)  # reads every file of the dataset
     job = make_job(config, kind, fingerprint, **extra)
     task = loop.make_task(job)
     loop.check_dataset(job, task)  # here, not in the workers: Ray Train would retry a mismatch max_failures times

@@ -59,3 +59,33 @@ def test_sigterm_stops_a_job_like_ctrl_c():
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert out == "cleaned up\n" and err == "interrupted\n" and proc.returncode != 0, (out, err)
+
+
+# A job whose config nests another with its own check (jobs.serve's AppConfig): tyro lets that check's error out.
+NESTED = """
+import dataclasses
+from typing import Annotated
+import tyro
+from jobs import cli
+
+@dataclasses.dataclass(frozen=True)
+class Inner:
+    batch: int = 1
+
+    def __post_init__(self):
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    app: Annotated[Inner, tyro.conf.arg(name="")]
+
+cli.parse(Config, "a test job")
+"""
+
+
+def test_a_nested_configs_check_is_a_user_error_too():
+    out = subprocess.run([sys.executable, "-c", NESTED, "--batch", "0"], cwd=Path(__file__).parents[1],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    assert "error: batch must be >= 1, got 0" in out.stderr and "Traceback" not in out.stderr, out.stderr

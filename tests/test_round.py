@@ -124,6 +124,7 @@ class _FakeStages:
         self.calls: list[tuple] = []
         self.fail = fail
         self.tmp = tmp_path
+        monkeypatch.setattr(round_job, "check_round", lambda rc, sft_stage=False: None)  # nothing real to check
         monkeypatch.setattr(round_job, "train_stage", self.train_stage)
         for stage, name, key, output in (("data_stage", "data", "dataset", "data"), ("collect_stage", "collect", "dataset", "collected"),
                                          ("targets_stage", "targets", "dataset", "targets"),
@@ -214,6 +215,7 @@ def test_a_crashed_training_stage_resumes_its_run(tmp_path, monkeypatch):
     def connect_ray():  # the run directory was accepted: training would start here
         raise Training(current)
 
+    monkeypatch.setattr(training, "check_inputs", lambda config, kind: None)  # no dataset, tokenizer or weights here
     monkeypatch.setattr(training.versions, "fingerprint", lambda path: "fp")
     monkeypatch.setattr(training, "make_job", lambda config, kind, fingerprint, **extra: None)
     monkeypatch.setattr(training.loop, "make_task", lambda job: types.SimpleNamespace(run_cameras=dict))

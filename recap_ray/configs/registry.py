@@ -1,7 +1,8 @@
 """Named, frozen configs for every stage, gathered in one registry.
 
 Each stage keeps its configs in its own module under `recap_ray/configs/` and registers them
-here with `register`. Names are unique across stages; `get` suggests the closest name on a miss.
+here with `register`. Names are unique across stages; `get` suggests the closest name on a miss and,
+given the kind of config a caller needs, names the registered ones of that kind when it gets another.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ _CONFIG_MODULES: tuple[str, ...] = ("policy", "value")
 
 _REGISTRY: dict[str, Any] = {}
 _loaded = False
+
+
+class UnknownConfig(ValueError):
+    """No config is registered under the name asked for (a typo on a command line or in a round's YAML)."""
 
 
 def register(config: Any) -> Any:
@@ -36,17 +41,24 @@ def _load_all() -> None:
             importlib.import_module(f"recap_ray.configs.{module}")
 
 
-def names() -> list[str]:
-    """All registered config names, sorted."""
+def names(kind: type | None = None) -> list[str]:
+    """The registered config names (of configs that are a `kind`, when given), sorted."""
     _load_all()
-    return sorted(_REGISTRY)
+    return sorted(name for name, config in _REGISTRY.items() if kind is None or isinstance(config, kind))
 
 
-def get(name: str) -> Any:
-    """The config registered as `name`; a miss raises KeyError naming the closest names."""
+def get(name: str, kind: type | None = None) -> Any:
+    """The config registered as `name`; a miss raises UnknownConfig naming the closest names, and a config that is
+    not a `kind` (when given) a ValueError naming the registered configs of that kind."""
     _load_all()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise KeyError(f"unknown config {name!r}{hint} (see `python -m jobs.params --list`)")
-    return _REGISTRY[name]
+        raise UnknownConfig(f"unknown config {name!r}{hint} (see `python -m jobs.params --list`)")
+    config = _REGISTRY[name]
+    if kind is not None and not isinstance(config, kind):
+        those = names(kind)
+        more = f" and {len(those) - 6} more (`python -m jobs.params --list`)" if len(those) > 6 else ""
+        raise ValueError(f"config {name!r} is a {type(config).__name__}, not a {kind.__name__}; "
+                         f"those are {', '.join(those[:6])}{more}")  # fmt: skip
+    return config

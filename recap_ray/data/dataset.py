@@ -35,6 +35,9 @@ class Dataset:
 
     def __init__(self, root: str | Path, tolerance_s: float = video.DEFAULT_TOLERANCE_S, max_open_videos: int = 32):
         self.root = Path(root)
+        if not self.root.is_dir():
+            what = "is a file" if self.root.exists() else "does not exist"
+            raise meta_mod.DatasetError(f"{self.root}: {what}; expected a LeRobot dataset directory")
         if not (self.root / "meta" / "info.json").is_file():
             raise meta_mod.DatasetError(f"{self.root}: not a LeRobot dataset (meta/info.json is missing)")
         self.layout = layout(meta_mod.detect_version(self.root))

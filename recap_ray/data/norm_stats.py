@@ -174,7 +174,8 @@ def compute(dataset: object, keys: dict[str, str] | None = None, progress: bool 
     keys = keys or OPENPI_KEYS
     missing = [col for col in keys.values() if col not in dataset.features]
     if missing:
-        raise KeyError(f"{dataset.root}: norm stats columns {missing} are not features of the dataset")
+        raise ValueError(f"{dataset.root}: norm stats columns {missing} are not features of the dataset; its "
+                         f"features: {sorted(dataset.features)}")  # fmt: skip
     running = {name: RunningStats() for name in keys}
     tables = dataset.iter_episode_tables()
     for ep, table in tqdm(tables, total=dataset.num_episodes, desc="norm stats", disable=not progress):

@@ -61,7 +61,11 @@ def _lock(root: Path) -> int | None:
 
 def claim_staging(root: Path) -> int | None:
     """Make `root`'s staging directory, empty and locked by this process until `release` (or its end): a stale
-    one left by a job that died is cleared; one that a running job writes raises FileExistsError."""
+    one left by a job that died is cleared; one that a running job writes raises FileExistsError, and so does a
+    file where a directory above `root` should be."""
+    above = next(p for p in root.parents if p.exists())  # the nearest existing ancestor ('.' or '/' at last)
+    if not above.is_dir():
+        raise FileExistsError(f"{root}: cannot be created, {above} is a file; choose another output path")
     staging = staging_dir(root)
     if staging.exists():
         stale = _lock(root)

@@ -63,6 +63,11 @@ class AppConfig:
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps (Euler steps per chunk) must be >= 1, got {self.num_steps}")
+        for field in ("num_gpus", "model_num_cpus", "ingress_num_cpus"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"{field} must be >= 0, got {getattr(self, field)}")
         if not 0 < self.max_message_bytes < protocol.PROXY_MAX_MESSAGE_BYTES:
             raise ValueError(f"max_message_bytes must be in (0, {protocol.PROXY_MAX_MESSAGE_BYTES}): larger "
                              f"messages are dropped by the serve proxy first; got {self.max_message_bytes}")  # fmt: skip

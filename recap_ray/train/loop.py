@@ -19,9 +19,11 @@ from etils import epath
 from tqdm import tqdm
 
 from recap_ray import tracker as tracker_lib
+from recap_ray.configs import policy as policy_configs
 from recap_ray.configs import registry
 from recap_ray.data import dataset as dataset_mod
 from recap_ray.data import versions
+from recap_ray.models import value_config
 from recap_ray.train import batches, checkpointing, optim, run_record, samples, sharding, state as state_lib, step as step_lib, tasks
 
 logger = logging.getLogger(__name__)
@@ -97,14 +99,28 @@ def cannot_heal(error: BaseException) -> bool:
     return isinstance(error, (ValueError, KeyError, TypeError, samples.SampleError, NonFiniteLoss))
 
 
+def config_for(kind: str, name: str) -> Any:
+    """The registered config `name`, checked to be one a `kind` run trains: a value-model config for "value", a
+    policy's training config (not its `_infer` twin, which never drops the advantage clause) for "policy"."""
+    if kind == "value":
+        return registry.get(name, value_config.ValueModelConfig)
+    if kind != "policy":
+        raise ValueError(f"TrainJob.kind must be 'value' or 'policy', got {kind!r}")
+    config = registry.get(name, policy_configs.PolicyConfig)
+    if config.is_infer:
+        twin = name.removesuffix("_infer")
+        raise ValueError(f"config {name!r} is the inference twin of {twin!r} (adv_ind_dropout=False: trained on it, the "
+                         "policy never sees a prompt without the advantage clause, which classifier-free guidance "
+                         f"needs); train {twin!r} and serve {name!r}")  # fmt: skip
+    return config
+
+
 def make_task(job: TrainJob) -> tasks.Task:
-    config = registry.get(job.config)
+    config = config_for(job.kind, job.config)
     cameras = samples.camera_roles(job.cameras)
     if job.kind == "value":
         return tasks.ValueTask(config, epath.Path(job.tokenizer), job.init, cameras)
-    if job.kind == "policy":
-        return tasks.PolicyTask(config, epath.Path(job.tokenizer), job.init, job.norm_stats, job.augment, cameras)
-    raise ValueError(f"TrainJob.kind must be 'value' or 'policy', got {job.kind!r}")
+    return tasks.PolicyTask(config, epath.Path(job.tokenizer), job.init, job.norm_stats, job.augment, cameras)
 
 
 def check_dataset(job: TrainJob, task: tasks.Task) -> None:

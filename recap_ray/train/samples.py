@@ -27,6 +27,7 @@ from recap_ray.data import dataset as dataset_mod
 from recap_ray.data import features as feats
 from recap_ray.data import meta as meta_mod
 from recap_ray.data import norm_stats as norm_stats_mod
+from recap_ray.data import recap_columns
 from recap_ray.models import tokenizer as tokenizer_mod
 from recap_ray.models import value_config, value_preprocess, value_tokenizer
 
@@ -89,7 +90,9 @@ class Needs:
             )
         for key, width in self.columns.items():
             if key not in features:
-                raise DatasetMismatch(f"{root}: config {config} needs feature {key!r}, not in the dataset; its features are {sorted(features)}")  # fmt: skip
+                hint = (f"; add the RECAP columns with `python -m jobs.prepare --input {root} --output NEW_DIR`"
+                        if key in recap_columns.COLUMNS else "")  # fmt: skip
+                raise DatasetMismatch(f"{root}: config {config} needs feature {key!r}, not in the dataset; its features are {sorted(features)}{hint}")  # fmt: skip
             shape = list(features[key].get("shape") or [])
             if width is not None and not (len(shape) == 1 and width[0] <= shape[0] <= width[1]):
                 raise DatasetMismatch(

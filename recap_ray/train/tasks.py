@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from typing import Any, Mapping
 
 import jax
@@ -64,6 +65,20 @@ class ValueTask:
             return value_weights.load_model(self.config, bundle_dir=path)
         return value_weights.load_model(self.config, checkpoint=path, use_ema=True)
 
+    def check_init(self, flag: str = "--init") -> None:
+        """Raise before training starts when the initial weights (`flag`, else the config's) are not there
+        (`check_weights`); for the bundle ("bundle"), when $OPENPI_VLM_CKPT_DIR is unset or names no directory."""
+        source, origin = _init_source(self.init, self.config.init_weights, self.config.name, "init_weights", flag)
+        if source == "bundle":
+            bundle = os.environ.get(value_weights.BUNDLE_ENV_VAR)
+            if not bundle:
+                raise FileNotFoundError(f"{origin} is pistar's vlm_ckpt bundle, read from ${value_weights.BUNDLE_ENV_VAR}, "
+                                        f"which is not set; set it to the bundle directory or pass {flag} (a bundle "
+                                        "directory, a value run or checkpoint)")  # fmt: skip
+            source, origin = os.path.expanduser(bundle), f"${value_weights.BUNDLE_ENV_VAR} {bundle}"  # as resolve_bundle_dir
+        if source is not None:
+            check_weights(source, origin, self.kind, f"; pass {flag} with the initial weights")
+
     def trainable(self) -> nnx.filterlib.Filter:
         return self.config.trainable_filter()
 
@@ -90,6 +105,34 @@ class ValueTask:
 
     def assets(self, ds: dataset_mod.Dataset) -> dict[str, bytes]:
         return {checkpoints.TOKENIZER_FILE: self.tokenizer_path.read_bytes()}
+
+
+def _init_source(init: str | None, default: str | None, name: str, field: str, flag: str) -> tuple[str | None, str]:
+    """The initial weights a run starts from (`flag`, else the config's), and how to name them in an error."""
+    if init is not None:
+        return init, f"{flag} {init}"
+    return default, f"{field} {default} of config {name!r}"
+
+
+def check_weights(source: str, origin: str, kind: str, hint: str = "") -> None:
+    """Raise FileNotFoundError when local initial weights do not exist or are a run without a finished checkpoint,
+    ValueError when they are a run of another kind (a value run as a policy's init, say). A bucket is left to the
+    workers: reading it here would need the workers' credentials."""
+    if "://" in source:
+        return
+    path = epath.Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"{origin}: no such file or directory (relative paths are taken from the current "
+                                f"directory){hint}")  # fmt: skip
+    if checkpoints.is_run_dir(path) or (path / checkpoints.PARAMS_ITEM).is_dir():
+        try:
+            step = checkpoints.resolve(path)
+        except FileNotFoundError as err:  # a run that has saved no checkpoint yet
+            raise FileNotFoundError(f"{origin}: {err}") from err
+        other = (checkpoints.run_info(step) or {}).get("kind")
+        if other not in (None, kind):
+            raise ValueError(f"{origin}: a {other} run's checkpoint, not a {kind} run's; a {kind} run starts from "
+                             f"{kind} weights")  # fmt: skip
 
 
 def delta_action_stats(ds: dataset_mod.Dataset, horizon: int, delta: bool) -> dict[str, norm_stats_mod.NormStats]:
@@ -175,6 +218,14 @@ class PolicyTask:
         frozen = nnx.state(model, self.config.model.frozen_filter())
         nnx.update(model, jax.tree.map(lambda x: x.astype(jnp.bfloat16), frozen))
         return model
+
+    def check_init(self, flag: str = "--init") -> None:
+        """Raise before training starts when the initial weights (`flag`, else the config's) are not there
+        (`check_weights`)."""
+        source, origin = _init_source(self.init, self.config.init_params, self.config.name, "init_params", flag)
+        if source is not None and source != "none":
+            random = " (none: random ones)" if flag == "--init" else ""  # a round's paths are made absolute
+            check_weights(source, origin, self.kind, f"; pass {flag} with the initial weights{random}")
 
     def trainable(self) -> nnx.filterlib.Filter:
         return self.config.model.trainable_filter()

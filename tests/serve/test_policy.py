@@ -162,7 +162,7 @@ def test_actions_wider_than_the_state_are_answered_whole(policy_run, f32_policy)
 def test_load_errors(policy_run, tmp_path):
     with pytest.raises(ValueError, match="serve its inference twin 'pi06_tiny_infer'"):
         policy.Policy.load(policy_run, "pi06_tiny")
-    with pytest.raises(KeyError, match="unknown config"):
+    with pytest.raises(registry.UnknownConfig, match="unknown config"):
         policy.Policy.load(policy_run, "pi06_tiny_infr")
     step = tmp_path / "7"
     shutil.copytree(checkpoints.resolve(policy_run), step)

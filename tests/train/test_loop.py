@@ -104,7 +104,7 @@ def test_policy_checkpoint_is_openpi_layout_with_assets(tmp_path, train_dataset,
 def test_policy_run_keeps_every_keep_period_checkpoint(tmp_path, train_dataset, sentencepiece_model, monkeypatch):
     """openpi: the newest `keep` checkpoints plus every step divisible by the config's keep_period."""
     config = dataclasses.replace(registry.get("pi06_tiny"), keep_period=2)
-    monkeypatch.setattr(registry, "get", lambda name: config)
+    monkeypatch.setattr(registry, "get", lambda name, kind=None: config)
     job = _job(tmp_path, train_dataset, sentencepiece_model, kind="policy", num_steps=5, save_interval=1,
                keep_checkpoints=1)  # fmt: skip
     loop.train(job)
@@ -118,7 +118,7 @@ def test_lora_policy_trains_frozen_leaves_in_bfloat16(tmp_path, train_dataset, s
     base = registry.get("pi06_tiny")
     model = dataclasses.replace(base.model, paligemma_variant="tiny_lora", action_expert_variant="tiny_expert_lora")
     config = dataclasses.replace(base, model=model)
-    monkeypatch.setattr(registry, "get", lambda name: config)
+    monkeypatch.setattr(registry, "get", lambda name, kind=None: config)
     job = _job(tmp_path, train_dataset, sentencepiece_model, kind="policy", num_steps=1, save_interval=1)
     loop.train(job)
     saved = weights.flatten(weights.restore(checkpoints.params_dir(checkpoints.resolve(job.run_dir))))
