@@ -43,6 +43,11 @@ def _encoder_options(codec: str, gop: int, crf: int) -> dict[str, str]:
     if codec in ("libx264", "h264"):
         # No B-frames and IDR keyframes: every keyframe starts a cleanly cuttable segment.
         options.update({"bf": "0", "forced-idr": "1"})
+        # The same frames give the same bytes. x264's AVX-512 macroblock-tree code lets memory it
+        # never wrote (whatever the process freed there before) change the quantizers of the bottom
+        # macroblock rows, so a generated dataset's videos differed from run to run in ~1 run of 4.
+        # cpu-independent runs that code in C: the same bytes on every CPU, at the same speed.
+        options["x264-params"] = "cpu-independent=1"
     if codec == "libsvtav1":
         options["preset"] = "12"
     return options

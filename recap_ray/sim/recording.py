@@ -7,6 +7,10 @@ from pathlib import Path
 import av
 import numpy as np
 
+# cpu-independent: the same frames give the same bytes on every CPU and whatever the heap holds (x264's AVX-512
+# macroblock-tree code reads memory it never wrote; see recap_ray/data/video.py).
+OPTIONS = {"crf": "23", "preset": "veryfast", "x264-params": "cpu-independent=1"}
+
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int) -> Path:
     """Encode uint8 frames (N, H, W, 3) as H.264 yuv420p; odd sizes are padded by one pixel."""
@@ -22,7 +26,7 @@ def write_mp4(path: str | Path, frames: np.ndarray, fps: int) -> Path:
         stream = container.add_stream("h264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "23", "preset": "veryfast"}
+        stream.options = dict(OPTIONS)
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)

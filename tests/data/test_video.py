@@ -149,3 +149,51 @@ def test_video_frames_of_several_cameras_equal_one_call_each(small_dataset):
         with pytest.raises(video.VideoError, match="episode 0, observation.images.* no frame within"):  # raised in its thread
             ds._timestamps[0] = ds._episode_timestamps(0) + 0.5 / 30  # half-way between frames
             ds.frames_of(0, keys, [0])
+
+
+def _moving_disc(n: int = 30, size: int = 96) -> np.ndarray:
+    """A disc and a bar moving over a checkered table at the simulator's 96x96 (6 macroblocks a row)."""
+    yy, xx = np.mgrid[:size, :size]
+    frames = np.empty((n, size, size, 3), np.uint8)
+    for t in range(n):
+        frames[t] = (205, 195, 170)
+        frames[t][(xx // 8 + yy // 8) % 2 == 0] = (180, 170, 150)
+        frames[t][(xx - 20 - t) ** 2 + (yy - 30 - 3 * (t % 13)) ** 2 <= 100] = (255, 140, 0)
+        frames[t][size - 20 + t % 8 : size - 12 + t % 8, 10 + t : 40 + t] = (95, 95, 105)
+    return frames
+
+
+def _encode_over_dirty_heap(path, frames, fill: bytes) -> bytes:
+    """Encode right after freeing every other one of many heap blocks that hold `fill` (what a busy
+    process leaves behind: the generator's main process frees each episode's unpickled frames)."""
+    rng = np.random.default_rng(0)
+    blocks = [fill * int(n) for n in rng.permutation(np.concatenate([rng.integers(600, 4096, 200),
+                                                                     rng.integers(4096, 300_000, 200)]))]
+    del blocks[::2]
+    video.encode(path, frames, fps=30)
+    del blocks
+    return path.read_bytes()
+
+
+def test_h264_bytes_do_not_depend_on_leftover_heap_contents(tmp_path):
+    # Before x264 ran its macroblock tree on every CPU alike, freed memory holding small negative
+    # numbers (0xff..) changed the bottom rows' quantizers in every encode, zeros in none.
+    frames = _moving_disc()
+    clean = _encode_over_dirty_heap(tmp_path / "a.mp4", frames, b"\x00")
+    assert _encode_over_dirty_heap(tmp_path / "b.mp4", frames, b"\xff") == clean
+    assert _encode_over_dirty_heap(tmp_path / "c.mp4", frames, b"\xe0\xff") == clean
+
+
+def test_h264_bytes_do_not_depend_on_the_cpu(tmp_path, monkeypatch):
+    frames = _moving_disc()
+    video.encode(tmp_path / "simd.mp4", frames, fps=30)
+    options = video._encoder_options
+
+    def without_simd(codec: str, gop: int, crf: int) -> dict[str, str]:  # x264's plain C code, as on any CPU
+        out = options(codec, gop, crf)
+        out["x264-params"] = ":".join(filter(None, [out.get("x264-params"), "asm=0"]))
+        return out
+
+    monkeypatch.setattr(video, "_encoder_options", without_simd)
+    video.encode(tmp_path / "c.mp4", frames, fps=30)
+    assert (tmp_path / "c.mp4").read_bytes() == (tmp_path / "simd.mp4").read_bytes()
