@@ -40,13 +40,28 @@ def check_compatible(datasets: list[dataset_mod.Dataset]) -> None:
                 raise SchemaMismatch(f"{ds.root}: feature {key!r} is {b[key]}, {ref.root} has {a[key]} (dtype, shape)")
 
 
+def check_distinct(sources: list[Path]) -> list[str]:
+    """The sources' content fingerprints; raises ValueError when one is given twice (the same directory or a copy
+    of it): its episodes would be in the merge twice, weighted double in training."""
+    seen: dict[str, int] = {}
+    for i, source in enumerate(sources):
+        key = versions.fingerprint(source)
+        if key in seen:
+            same = "the same dataset" if Path(source).resolve() == Path(sources[seen[key]]).resolve() else "a copy of it"
+            raise ValueError(f"{source}: source {i + 1} is {same} as source {seen[key] + 1} ({sources[seen[key]]}); "
+                             "its episodes would be merged twice")  # fmt: skip
+        seen[key] = i
+    return list(seen)
+
+
 def merge(sources: list[str | Path], dst: str | Path, version: str | None = None, progress: bool = False) -> Path:
-    """Write the episodes of all `sources`, in order, as one dataset at `dst`."""
+    """Write the episodes of all `sources`, in order, as one dataset at `dst`; a source given twice is refused."""
     if len(sources) < 1:
         raise ValueError("merge needs at least one source dataset")
     datasets = [dataset_mod.open(s) for s in sources]
     try:
         check_compatible(datasets)
+        fingerprints = check_distinct([Path(s) for s in sources])
         ref = datasets[0]
         w = writer.DatasetWriter(
             dst,
@@ -62,7 +77,8 @@ def merge(sources: list[str | Path], dst: str | Path, version: str | None = None
                     for ep in range(ds.num_episodes):
                         w.add_episode_from(ds, ep)
                         bar.update()
-            record = versions.lineage([Path(s) for s in sources], "merge", {"sources": [str(s) for s in sources]})
+            record = versions.lineage([Path(s) for s in sources], "merge", {"sources": [str(s) for s in sources]},
+                                      fingerprints)  # fmt: skip
             return w.finalize(record)
         except BaseException:
             w.abort()

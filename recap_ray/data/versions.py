@@ -54,10 +54,13 @@ def fingerprint(root: str | Path) -> str:
     return h.hexdigest()
 
 
-def lineage(parents: list[Path], change: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The lineage record of a new version: parents with fingerprints, the change, command and time."""
+def lineage(parents: list[Path], change: str, params: dict[str, Any] | None = None,
+            fingerprints: list[str] | None = None) -> dict[str, Any]:
+    """The lineage record of a new version: parents with fingerprints (computed unless given), the change,
+    command and time."""
+    fingerprints = fingerprints or [fingerprint(p) for p in parents]
     return {
-        "parents": [{"path": str(Path(p).resolve()), "fingerprint": fingerprint(p)} for p in parents],
+        "parents": [{"path": str(Path(p).resolve()), "fingerprint": f} for p, f in zip(parents, fingerprints, strict=True)],
         "change": change,
         "params": params or {},
         "command": shlex.join(sys.argv),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -290,3 +291,16 @@ def test_image_stats_match_float_reference():
     for key, q in zip(stats.QUANTILE_KEYS, stats.QUANTILES):
         np.testing.assert_allclose(got[key].ravel(), np.quantile(pixels, q, axis=0), rtol=1e-12)
     assert got["mean"].shape == (3, 1, 1) and got["count"].tolist() == [7]
+
+
+def test_merge_refuses_a_source_given_twice_or_a_copy_of_one(tmp_path):
+    a = make_dataset(tmp_path / "a", "v3.0", (5, 6), seed=1)
+    b = make_dataset(tmp_path / "b", "v3.0", (7,), seed=2)
+    with pytest.raises(ValueError, match=r"source 3 is the same dataset as source 1 \(.*/a\); its episodes would be merged twice"):
+        merge.merge([a, b, tmp_path / "a"], tmp_path / "m")
+    shutil.copytree(b, tmp_path / "b_copy")
+    with pytest.raises(ValueError, match=r"b_copy: source 2 is a copy of it as source 1"):
+        merge.merge([b, tmp_path / "b_copy"], tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+    out = merge.merge([a, b], tmp_path / "m")  # the lineage keeps each parent's fingerprint
+    assert [p["fingerprint"] for p in versions.read_lineage(out)["parents"]] == [versions.fingerprint(a), versions.fingerprint(b)]
