@@ -103,6 +103,8 @@ class RoundConfig:
             raise ValueError(f"default_success {self.default_success!r} is not one of {prepare_lib.DEFAULT_SUCCESSES}")
         for name in PATH_FIELDS:
             value = getattr(self, name)
+            if value in INIT_KEYWORDS.get(name, ()):
+                continue
             if isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(_absolute(v) for v in value))
             elif value is not None:
@@ -130,6 +132,9 @@ class RoundConfig:
 
 PATH_FIELDS = ("sources", "previous_round", "sft_checkpoint", "tokenizer", "value_tokenizer", "value_init", "eval_baseline",
                "success_file")  # fmt: skip
+# Initial-weight fields' keywords, kept as they are (as the training jobs' --init takes them): the pistar bundle of
+# $OPENPI_VLM_CKPT_DIR, and random weights.
+INIT_KEYWORDS = {"value_init": ("bundle",), "sft_checkpoint": ("none",)}
 
 
 def _absolute(path: str) -> str:

@@ -46,3 +46,13 @@ def test_round_reopens_with_the_same_config(tmp_path):
     config = {"sources": ("/data/a",), "lookahead": 50}
     manifest.Manifest(tmp_path, config)
     assert manifest.Manifest(tmp_path, config).data["config"]["sources"] == ["/data/a"]
+
+
+def test_round_paths_are_made_absolute_but_init_keywords_are_kept(tmp_path, monkeypatch):
+    """`value_init: bundle` (pistar's bundle in $OPENPI_VLM_CKPT_DIR) and `sft_checkpoint: none` (random) are the
+    training jobs' --init keywords, not files in the current directory."""
+    monkeypatch.chdir(tmp_path)
+    rc = round_job.RoundConfig(value_init="bundle", sft_checkpoint="none", tokenizer="tok.model")
+    assert (rc.value_init, rc.sft_checkpoint, rc.tokenizer) == ("bundle", "none", str(tmp_path / "tok.model"))
+    rc = round_job.RoundConfig(value_init="weights/bundle", sft_checkpoint="gs://b/params")
+    assert (rc.value_init, rc.sft_checkpoint) == (str(tmp_path / "weights/bundle"), "gs://b/params")
