@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from etils import epath
 
-from jobs import cli, collect, evaluate, merge, prepare, relabel, serve, train_policy, train_value, training
+from jobs import cli, collect, evaluate, merge, prepare, relabel, round_checks, serve, train_policy, train_value, training
 from recap_ray import manifest as manifest_lib
 from recap_ray.configs import registry
 from recap_ray.data import dataset as dataset_mod
@@ -37,7 +36,6 @@ from recap_ray.data import prepare as prepare_lib
 from recap_ray.data import recap_columns
 from recap_ray.serve import app_config
 from recap_ray.sim import session, world
-from recap_ray.train import loop, tasks
 
 logger = logging.getLogger(__name__)
 
@@ -203,48 +201,6 @@ def recorded_round(round_dir: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-@contextlib.contextmanager
-def _field(name: str) -> Iterator[None]:
-    """Errors raised in the block, prefixed with the round config field they are about."""
-    try:
-        yield
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"{name}: {err}") from err
-    except ValueError as err:
-        raise ValueError(f"{name}: {err}") from err
-
-
-def check_round(rc: RoundConfig, sft_stage: bool = False) -> None:
-    """What a round checks before its first stage, so that a mistake in its YAML costs seconds, not the stages run
-    before the one that reads the field: the configs (registered, of their kind), the tokenizers, the cameras, the
-    sources (LeRobot datasets), the success file and the initial weights that are local paths."""
-    with _field("policy_config"):
-        loop.config_for("policy", rc.policy_config)
-        if rc.eval_episodes or rc.collect_rollouts:  # served as its inference twin
-            registry.get(rc.policy_config + "_infer")
-    first = (rc.sft_config or rc.policy_config) if sft_stage else rc.policy_config  # the first policy trained
-    with _field("sft_config" if first != rc.policy_config else "policy_config"):
-        first_config = loop.config_for("policy", first)
-    tokenizer = training.resolve_tokenizer(rc.tokenizer, flag="`tokenizer` in the round config")
-    if not rc.previous_round:  # else its init is the previous round's policy
-        tasks.PolicyTask(first_config, epath.Path(tokenizer), rc.sft_checkpoint, None).check_init("sft_checkpoint")
-    if not rc.skip_value:
-        with _field("value_config"):
-            value = loop.config_for("value", rc.value_config)
-        value_tokenizer = training.resolve_tokenizer(rc.value_tokenizer, flag="`value_tokenizer` in the round config")
-        tasks.ValueTask(value, epath.Path(value_tokenizer), rc.value_init).check_init("value_init")
-    with _field("cameras"):
-        training.parse_cameras(tuple(rc.cameras))
-    with _field("sources"):
-        for source in rc.sources:
-            with dataset_mod.open(source):
-                pass
-    if rc.success_file and not Path(rc.success_file).is_file():
-        raise FileNotFoundError(f"success_file {rc.success_file}: no such file")
-    if rc.eval_episodes and rc.eval_baseline:
-        tasks.check_weights(rc.eval_baseline, f"eval_baseline {rc.eval_baseline}", "policy")
-
-
 def _fresh(path: Path) -> Path:
     """`path`, with what an unfinished attempt of its stage left there removed: a rerun stage starts from its inputs."""
     if path.exists():
@@ -354,7 +310,7 @@ def run_round(rc: RoundConfig, out: Path, *, sft_stage: bool = False) -> dict[st
     """
     if rc.previous_round and not rc.cameras:
         rc = dataclasses.replace(rc, cameras=tuple(recorded_round(rc.previous_round)["config"].get("cameras", ())))
-    check_round(rc, sft_stage)  # before round.json: a config refused here may be fixed and rerun into the same DIR
+    round_checks.check(rc, sft_stage)  # before round.json: a config refused here may be fixed and rerun into the same DIR
     m = manifest_lib.Manifest(out, {k: v for k, v in dataclasses.asdict(rc).items() if k != "serve_port"})
     init = rc.sft_checkpoint
     if rc.previous_round:  # looked up before any stage runs: an unfinished previous round is refused here

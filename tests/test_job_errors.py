@@ -221,7 +221,7 @@ def test_a_round_checks_its_yaml_before_any_stage_and_writes_nothing(tmp_path, d
     monkeypatch.delenv("RECAP_TOKENIZER", raising=False)
     base = dict(sources=(str(data),), policy_config="pi06_tiny", value_config="value_tiny", tokenizer=str(tokenizer),
                 value_tokenizer=str(tokenizer))  # fmt: skip
-    round_job.check_round(round_job.RoundConfig(**base))  # all well
+    round_job.round_checks.check(round_job.RoundConfig(**base))  # all well
     for change, error, message in (
         ({"policy_config": "pi06_tinny"}, ValueError, "policy_config: unknown config 'pi06_tinny'; did you mean 'pi06_tiny'"),
         ({"policy_config": "pi06_tiny_infer"}, ValueError, "policy_config: config 'pi06_tiny_infer' is the inference twin"),

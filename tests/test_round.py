@@ -124,7 +124,7 @@ class _FakeStages:
         self.calls: list[tuple] = []
         self.fail = fail
         self.tmp = tmp_path
-        monkeypatch.setattr(round_job, "check_round", lambda rc, sft_stage=False: None)  # nothing real to check
+        monkeypatch.setattr(round_job.round_checks, "check", lambda rc, sft_stage=False: None)  # nothing real to check
         monkeypatch.setattr(round_job, "train_stage", self.train_stage)
         for stage, name, key, output in (("data_stage", "data", "dataset", "data"), ("collect_stage", "collect", "dataset", "collected"),
                                          ("targets_stage", "targets", "dataset", "targets"),
