@@ -23,9 +23,10 @@ from typing import Literal
 import tqdm
 
 from jobs import cli, evaluate, make_dataset
+from recap_ray import checks
 from recap_ray.data import writer
 from recap_ray.sim import env as env_lib
-from recap_ray.sim import checks, evaluation, session, world
+from recap_ray.sim import evaluation, session, world
 
 logger = logging.getLogger(__name__)
 

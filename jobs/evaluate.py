@@ -27,8 +27,9 @@ import numpy as np
 import tqdm
 
 from jobs import cli, make_dataset
+from recap_ray import checks
 from recap_ray.serve import ws_client
-from recap_ray.sim import checks, evaluation, policies, recording, scripted, world
+from recap_ray.sim import evaluation, policies, recording, scripted, world
 from recap_ray.sim import env as env_lib
 
 logger = logging.getLogger(__name__)

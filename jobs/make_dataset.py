@@ -21,9 +21,10 @@ import numpy as np
 import tqdm
 
 from jobs import cli
+from recap_ray import checks
 from recap_ray.data import recap_columns, writer
 from recap_ray.sim import env as env_lib
-from recap_ray.sim import checks, render, scripted, session, world
+from recap_ray.sim import render, scripted, session, world
 
 logger = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from etils import epath
 from actors import relabel as relabel_actors
 from actors import relabel_output, relabel_store
 from jobs import cli
+from recap_ray import checks
 from recap_ray.configs import registry
 from recap_ray.data import dataset as dataset_mod
 from recap_ray.data import versions
@@ -82,10 +83,7 @@ class Config:
 
     def __post_init__(self) -> None:
         """Numbers that cannot be meant, refused as the command line is parsed (before Ray starts)."""
-        for field, low in (("num_actors", 1), ("batch_size", 1), ("gpus_per_actor", 0), ("plot_episodes", 0)):
-            value = getattr(self, field)
-            if value is not None and value < low:
-                raise ValueError(f"--{field.replace('_', '-')} must be >= {low}, got {value}")
+        checks.at_least(self, num_actors=1, batch_size=1, gpus_per_actor=0, plot_episodes=0)
         if self.dtype is not None:
             try:
                 floating = jnp.issubdtype(jnp.dtype(self.dtype), jnp.floating)

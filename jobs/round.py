@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from jobs import cli, collect, evaluate, merge, prepare, relabel, round_checks, serve, train_policy, train_value, training
+from recap_ray import checks
 from recap_ray import manifest as manifest_lib
 from recap_ray.configs import registry
 from recap_ray.data import dataset as dataset_mod
@@ -85,13 +86,9 @@ class RoundConfig:
     dagger: session.DaggerConfig = session.DaggerConfig()  # simulated operator of the collect stage
 
     def __post_init__(self) -> None:
-        least = {"lookahead": 1, "num_workers": 1, "gpus_per_worker": 0, "num_actors": 1, "gpus_per_actor": 0,
-                 "batch_size": 1, "value_steps": 1, "policy_steps": 1, "sft_steps": 1, "eval_episodes": 0,
-                 "collect_rollouts": 0, "collect_seed": 0}  # fmt: skip
-        for name, low in least.items():
-            value = getattr(self, name)
-            if value is not None and value < low:
-                raise ValueError(f"{name} must be >= {low}, got {value}")
+        checks.at_least(self, lookahead=1, num_workers=1, gpus_per_worker=0, num_actors=1, gpus_per_actor=0,
+                        batch_size=1, value_steps=1, policy_steps=1, sft_steps=1, eval_episodes=0, collect_rollouts=0,
+                        collect_seed=0)  # fmt: skip
         if not 0 < self.positive_ratio <= 1:
             raise ValueError(f"positive_ratio (the share of autonomous frames labelled positive) must be in (0, 1], "
                              f"got {self.positive_ratio}")  # fmt: skip

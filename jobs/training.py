@@ -14,6 +14,7 @@ from typing import Any
 from etils import epath
 
 from jobs import cli
+from recap_ray import checks
 from recap_ray.data import dataset as dataset_mod
 from recap_ray.data import versions
 from recap_ray.models import checkpoints
@@ -71,13 +72,9 @@ class Config:
         """Numbers that cannot be meant and flags that exclude each other, refused as the command line is parsed."""
         if self.overwrite and self.resume:
             raise ValueError("--resume and --overwrite exclude each other")
-        least = {"num_workers": 1, "gpus_per_worker": 0, "cpus_per_worker": 0, "num_steps": 1, "save_interval": 1,
-                 "log_interval": 1, "batch_size": 1, "min_workers": 1, "max_failures": -1, "fsdp_devices": 1,
-                 "grad_accum": 1, "keep_checkpoints": 1, "loader_threads": 1}  # fmt: skip
-        for field, low in least.items():
-            value = getattr(self, field)
-            if value is not None and value < low:
-                raise ValueError(f"--{field.replace('_', '-')} must be >= {low}, got {value}")
+        checks.at_least(self, num_workers=1, gpus_per_worker=0, cpus_per_worker=0, num_steps=1, save_interval=1,
+                        log_interval=1, batch_size=1, min_workers=1, max_failures=-1, fsdp_devices=1, grad_accum=1,
+                        keep_checkpoints=1, loader_threads=1)  # fmt: skip
         if self.min_workers is not None and self.min_workers > self.num_workers:
             raise ValueError(f"--min-workers {self.min_workers} exceeds --num-workers {self.num_workers} (the most workers)")
 

@@ -120,10 +120,10 @@ def test_training_checks_the_initial_weights_before_ray(tmp_path, data, tokenize
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        ({"num_workers": 0}, "--num-workers must be >= 1, got 0"),
-        ({"num_steps": -1}, "--num-steps must be >= 1, got -1"),
-        ({"num_steps": 0}, "--num-steps must be >= 1, got 0"),  # was: silently the config's steps
-        ({"batch_size": 0}, "--batch-size must be >= 1"),
+        ({"num_workers": 0}, "Config.num_workers must be >= 1, got 0"),
+        ({"num_steps": -1}, "Config.num_steps must be >= 1, got -1"),
+        ({"num_steps": 0}, "Config.num_steps must be >= 1, got 0"),  # was: silently the config's steps
+        ({"batch_size": 0}, "Config.batch_size must be >= 1"),
         ({"min_workers": 3, "num_workers": 2}, "--min-workers 3 exceeds --num-workers 2"),
         ({"resume": True, "overwrite": True}, "--resume and --overwrite exclude each other"),
     ],
@@ -134,8 +134,8 @@ def test_training_refuses_nonsense_flags_as_it_parses_them(flags, message):
 
 
 def test_relabel_refuses_nonsense_flags_and_a_checkpoint_or_config_of_another_kind(tmp_path, data, no_ray):
-    for flags, message in (({"num_actors": 0}, "--num-actors must be >= 1"), ({"batch_size": 0}, "--batch-size must be >= 1"),
-                           ({"gpus_per_actor": -1.0}, "--gpus-per-actor must be >= 0"),
+    for flags, message in (({"num_actors": 0}, "Config.num_actors must be >= 1"), ({"batch_size": 0}, "Config.batch_size must be >= 1"),
+                           ({"gpus_per_actor": -1.0}, "Config.gpus_per_actor must be >= 0"),
                            ({"dtype": "bf16"}, "--dtype 'bf16' is not a floating-point dtype")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             relabel.Config(dataset=data, value_ckpt="v", output=tmp_path / "out", **flags)

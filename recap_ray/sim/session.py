@@ -16,8 +16,9 @@ from typing import Protocol
 
 import numpy as np
 
+from recap_ray import checks
 from recap_ray.sim import env as env_lib
-from recap_ray.sim import checks, evaluation, kinematics, scripted, world
+from recap_ray.sim import evaluation, kinematics, scripted, world
 
 AUTONOMOUS, CORRECTING = "autonomous", "correcting"
 

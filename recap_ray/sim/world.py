@@ -14,7 +14,8 @@ import dataclasses
 
 import numpy as np
 
-from recap_ray.sim import checks, kinematics
+from recap_ray import checks
+from recap_ray.sim import kinematics
 
 GRIPPER_CLOSED_BELOW = 0.5  # a gripper reading below this counts as closed
 _J, _A = kinematics.JOINTS_PER_ARM, kinematics.ARM_DIM

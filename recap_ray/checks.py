@@ -8,9 +8,10 @@ def _fail(config: object, name: str, rule: str) -> None:
 
 
 def at_least(config: object, **minimums: float) -> None:
-    """Each named field is >= its minimum."""
+    """Each named field is >= its minimum (or None: unset, the default applies)."""
     for name, low in minimums.items():
-        if not getattr(config, name) >= low:
+        value = getattr(config, name)
+        if value is not None and not value >= low:
             _fail(config, name, f">= {low}")
 
 
