@@ -96,7 +96,8 @@ def test_training_names_a_missing_dataset_a_file_and_no_tokenizer(tmp_path, data
     assert not (tmp_path / "run").exists()
 
 
-def test_training_checks_the_initial_weights_before_ray(tmp_path, data, tokenizer, no_ray):
+def test_training_checks_the_initial_weights_before_ray(tmp_path, data, tokenizer, no_ray, monkeypatch):
+    monkeypatch.delenv("OPENPI_VLM_CKPT_DIR", raising=False)
     def run(init: str, kind: str = "policy") -> None:
         cls = train_policy.Config if kind == "policy" else training.Config
         training.run(cls(dataset=data, config=f"{'pi06' if kind == 'policy' else 'value'}_tiny", run_dir=str(tmp_path / "run"),
@@ -219,6 +220,7 @@ def test_collect_and_evaluate_name_an_unreachable_endpoint_and_a_bad_output(tmp_
 
 def test_a_round_checks_its_yaml_before_any_stage_and_writes_nothing(tmp_path, data, tokenizer, monkeypatch):
     monkeypatch.delenv("RECAP_TOKENIZER", raising=False)
+    monkeypatch.delenv("OPENPI_VLM_CKPT_DIR", raising=False)
     base = dict(sources=(str(data),), policy_config="pi06_tiny", value_config="value_tiny", tokenizer=str(tokenizer),
                 value_tokenizer=str(tokenizer))  # fmt: skip
     round_job.round_checks.check(round_job.RoundConfig(**base))  # all well
