@@ -13,7 +13,7 @@ from tqdm import tqdm
 from recap_ray.data import convert
 from recap_ray.data import dataset as dataset_mod
 from recap_ray.data import features as feats
-from recap_ray.data import versions, writer
+from recap_ray.data import recap_columns, versions, writer
 
 
 class SchemaMismatch(ValueError):
@@ -24,20 +24,35 @@ def _schema(ds: dataset_mod.Dataset) -> dict[str, tuple]:
     return {k: (v["dtype"], tuple(v["shape"])) for k, v in ds.features.items()}
 
 
+# What to do about a source whose features differ from the first's (appended to SchemaMismatch).
+SAME_STAGE = ("; merge data recorded alike (the same cameras and columns) at the same stage (raw, prepared or "
+              "relabelled: merge the prepared versions, then relabel)")  # fmt: skip
+SAME_RECORDING = "; only data recorded alike merges (the same fps, cameras, image sizes and vector widths)"
+
+
+def _missing(key: str, lacking: object) -> str:
+    """What to do when dataset `lacking` has no feature `key` that another source has."""
+    if key in recap_columns.COLUMNS:
+        return f"; add the RECAP columns with `python -m jobs.prepare --input {lacking} --output NEW_DIR` and merge that"
+    return SAME_STAGE
+
+
 def check_compatible(datasets: list[dataset_mod.Dataset]) -> None:
-    """Raise SchemaMismatch naming the first field where a source differs from the first."""
+    """Raise SchemaMismatch naming the first field where a source differs from the first, and what to do."""
     ref = datasets[0]
     for ds in datasets[1:]:
         if ds.fps != ref.fps:
-            raise SchemaMismatch(f"{ds.root}: field 'fps' is {ds.fps}, {ref.root} has {ref.fps}")
+            raise SchemaMismatch(f"{ds.root}: field 'fps' is {ds.fps}, {ref.root} has {ref.fps}{SAME_RECORDING}")
         a, b = _schema(ref), _schema(ds)
         for key in sorted(set(a) | set(b)):
             if key not in b:
-                raise SchemaMismatch(f"{ds.root}: feature {key!r} is missing (present in {ref.root})")
+                raise SchemaMismatch(f"{ds.root}: feature {key!r} is missing (present in {ref.root})"
+                                     f"{_missing(key, ds.root)}")  # fmt: skip
             if key not in a:
-                raise SchemaMismatch(f"{ds.root}: feature {key!r} is not in {ref.root}")
+                raise SchemaMismatch(f"{ds.root}: feature {key!r} is not in {ref.root}{_missing(key, ref.root)}")
             if a[key] != b[key]:
-                raise SchemaMismatch(f"{ds.root}: feature {key!r} is {b[key]}, {ref.root} has {a[key]} (dtype, shape)")
+                raise SchemaMismatch(f"{ds.root}: feature {key!r} is {b[key]}, {ref.root} has {a[key]} (dtype, "
+                                     f"shape){SAME_RECORDING}")  # fmt: skip
 
 
 def check_distinct(sources: list[Path]) -> list[str]:

@@ -198,6 +198,25 @@ def test_merge_schema_mismatch_names_the_field(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+def test_merge_schema_mismatch_says_what_to_do(tmp_path):
+    """The raw source is named for jobs.prepare in either order; another camera or stage, another width: what merges."""
+    a = make_dataset(tmp_path / "a", "v3.0", (5,))
+    b = make_dataset(tmp_path / "b", "v3.0", (5,), with_recap=False)
+    for sources in ([a, b], [b, a]):
+        with pytest.raises(merge.SchemaMismatch, match=f"add the RECAP columns with `python -m jobs.prepare --input {b} "):
+            merge.merge(sources, tmp_path / "m")
+    c = make_dataset(tmp_path / "c", "v3.0", (5,), with_image=True)
+    with pytest.raises(merge.SchemaMismatch, match="is not in .*; merge data recorded alike .* at the same stage"):
+        merge.merge([a, c], tmp_path / "m")
+    d = make_dataset(tmp_path / "d", "v3.0", (5,))
+    meta = d / "meta" / "info.json"
+    info = json.loads(meta.read_text())
+    info["features"]["observation.state"]["shape"] = [6]  # schemas are compared before any data is read
+    meta.write_text(json.dumps(info))
+    with pytest.raises(merge.SchemaMismatch, match=r"'observation.state' is .*\(6,\).*; only data recorded alike merges"):
+        merge.merge([a, d], tmp_path / "m")
+
+
 def test_norm_stats_of_a_policy_config_are_its_training_stats(tmp_path):
     """--config pi06_tiny: action chunks of 10, end-padded, joints minus the state (grippers absolute), by hand."""
     root = make_dataset(tmp_path / "d", "v3.0", (40, 23))
