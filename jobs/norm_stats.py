@@ -16,7 +16,7 @@ from jobs import cli
 from recap_ray.configs import policy as policy_configs
 from recap_ray.configs import registry
 from recap_ray.data import dataset, norm_stats
-from recap_ray.train import tasks
+from recap_ray.train import samples, tasks
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,10 @@ def main(config: Config) -> Path:
         raise ValueError(f"--config trains on {norm_stats.STATE_KEY!r} and {norm_stats.ACTION_KEY!r}; drop --state-key/--action-key")
     with dataset.open(config.dataset) as ds:
         if policy is not None:
+            # The widths train_policy checks (at least the delta mask's): narrower vectors fail in numpy otherwise.
+            needs = samples.PolicySamples.requirements(policy, samples.YAM_CAMERA_ROLES)
+            widths = {key: needs.columns[key] for key in (norm_stats.STATE_KEY, norm_stats.ACTION_KEY)}
+            samples.Needs({}, widths, needs.width_hint).check(config.dataset, ds.features, config.config)
             stats = tasks.delta_action_stats(ds, policy.model.action_horizon, policy.use_delta_joint_actions)
             computed_as = tasks.stats_provenance(policy, config.config)
         else:

@@ -76,6 +76,7 @@ class Needs:
 
     cameras: Mapping[str, str]
     columns: Mapping[str, tuple[int, int] | None]
+    width_hint: str = ""  # appended to a width mismatch: what layout the config reads, what to do
 
     def check(self, root: Any, features: Mapping[str, dict], config: str) -> None:
         """Raise `DatasetMismatch` naming the dataset `root`, the feature and what config `config` expects."""
@@ -97,6 +98,7 @@ class Needs:
             if width is not None and not (len(shape) == 1 and width[0] <= shape[0] <= width[1]):
                 raise DatasetMismatch(
                     f"{root}: feature {key!r} has shape {shape}; config {config} expects a vector of width {width[0]} to {width[1]}"
+                    f"{self.width_hint}"
                 )  # fmt: skip
 
 
@@ -286,7 +288,9 @@ class PolicySamples:
         columns: dict[str, tuple[int, int] | None] = {"observation.state": width, "action": width}
         if config.model.pistar:
             columns["adv_ind"] = None
-        return Needs(cameras=fed, columns=columns)
+        hint = (f"; its first {POLICY_WIDTH} dims are Aloha's [left arm 6, gripper, right arm 6, gripper] (the delta "
+                "mask): write the robot's vectors in that layout (a smaller robot's zero-padded)")  # fmt: skip
+        return Needs(cameras=fed, columns=columns, width_hint=hint)
 
 
 def stack(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

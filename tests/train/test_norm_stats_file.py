@@ -10,7 +10,8 @@ import pytest
 
 from jobs import norm_stats as norm_stats_job
 from jobs import train_policy, training
-from recap_ray.train import loop
+from recap_ray.train import loop, samples
+from tests.train.conftest import make_train_dataset
 
 
 @pytest.fixture
@@ -51,3 +52,14 @@ def test_stats_of_another_horizon_or_narrower_than_the_data_are_refused(tmp_path
     (tmp_path / "narrow.json").write_text(json.dumps({"norm_stats": narrow}))
     with pytest.raises(ValueError, match=r"narrow\.json: norm stats for 'state' are 7 wide, the dataset's 'observation.state' 14"):  # fmt: skip
         check(tmp_path / "narrow.json")
+
+
+def test_a_policy_configs_stats_of_narrower_vectors_are_refused(tmp_path):
+    """`jobs.norm_stats --config` on 6-joint data (a lerobot peer's): the width train_policy refuses, named with
+    the layout it wants; before, numpy's broadcast error from the delta mask."""
+    six = make_train_dataset(tmp_path / "six", width=6)
+    with pytest.raises(samples.DatasetMismatch, match=r"'observation.state' has shape \[6\]; config pi06_tiny expects a "
+                                                      r"vector of width 14 to 32; .*that layout"):  # fmt: skip
+        norm_stats_job.main(norm_stats_job.Config(six, tmp_path / "ns.json", config="pi06_tiny"))
+    assert not (tmp_path / "ns.json").exists()
+    norm_stats_job.main(norm_stats_job.Config(six, tmp_path / "stored.json"))  # the stored columns: any width
