@@ -124,8 +124,15 @@ def check_inputs(config: Config, kind: str) -> None:
     with dataset_mod.open(config.dataset):
         pass
     tokenizer = resolve_tokenizer(config.tokenizer)
+    cameras = parse_cameras(config.cameras)
+    if kind == "value":  # a value config may read fewer cameras than the three roles: a mapping it never reads is a mistake
+        roles = [role for role, slot in samples.VALUE_SLOTS.items() if slot in model_config.cameras]
+        unread = [f"{role}={key}" for role, key in cameras if key is not None and role not in roles]
+        if unread:
+            raise ValueError(f"--cameras {' '.join(unread)}: value config {config.config!r} reads no such camera (its "
+                             f"roles: {', '.join(roles)}); drop the mapping")  # fmt: skip
     job = loop.TrainJob(kind=kind, config=config.config, dataset=str(config.dataset), run_dir=config.run_dir,
-                        tokenizer=tokenizer, session="check", init=config.init, cameras=parse_cameras(config.cameras))  # fmt: skip
+                        tokenizer=tokenizer, session="check", init=config.init, cameras=cameras)  # fmt: skip
     loop.make_task(job).check_init()
     batch = config.batch_size or model_config.batch_size
     if batch % config.grad_accum:

@@ -96,6 +96,19 @@ def test_training_names_a_missing_dataset_a_file_and_no_tokenizer(tmp_path, data
     assert not (tmp_path / "run").exists()
 
 
+def test_value_training_refuses_a_camera_its_config_does_not_read(tmp_path, data, tokenizer, no_ray):
+    """value_tiny reads base and wrist: a right_wrist mapping was silently dropped (relabel refuses it)."""
+    def config(*cameras: str) -> training.Config:
+        return training.Config(dataset=data, config="value_tiny", run_dir=str(tmp_path / "run"), tokenizer=str(tokenizer),
+                               cameras=cameras)  # fmt: skip
+
+    with pytest.raises(ValueError, match="--cameras right_wrist=observation.images.x: value config 'value_tiny' reads no "
+                                         "such camera .*roles: base, wrist"):  # fmt: skip
+        training.run(config("base=observation.images.head_camera", "right_wrist=observation.images.x"), "value")
+    training.check_inputs(config("right_wrist=none"), "value")  # masking a camera it does not read: nothing to drop
+    assert not (tmp_path / "run").exists()
+
+
 def test_training_checks_the_initial_weights_before_ray(tmp_path, data, tokenizer, no_ray, monkeypatch):
     monkeypatch.delenv("OPENPI_VLM_CKPT_DIR", raising=False)
     def run(init: str, kind: str = "policy") -> None:
