@@ -37,9 +37,7 @@ def main(config: Config) -> Path:
     out = config.output or config.dataset.with_name(config.dataset.name + ".norm_stats.json")
     if out.is_dir():
         raise ValueError(f"--output {out} is a directory; give the file to write, e.g. {out / 'norm_stats.json'}")
-    policy = registry.get(config.config) if config.config is not None else None
-    if policy is not None and not isinstance(policy, policy_configs.PolicyConfig):
-        raise ValueError(f"--config {config.config!r} is a {type(policy).__name__}, not a policy config")
+    policy = registry.get(config.config, policy_configs.PolicyConfig) if config.config is not None else None
     if policy is not None and (config.state_key, config.action_key) != (norm_stats.STATE_KEY, norm_stats.ACTION_KEY):
         raise ValueError(f"--config trains on {norm_stats.STATE_KEY!r} and {norm_stats.ACTION_KEY!r}; drop --state-key/--action-key")
     with dataset.open(config.dataset) as ds:

@@ -143,8 +143,8 @@ def connect(config: Config) -> None:
 
 
 def start(config: Config) -> tuple[str, dict[str, Any]]:
-    """Deploy the application and wait until it accepts connections; returns (ws URI, metadata)."""
-    check(config)
+    """Deploy the application and wait until it accepts connections; returns (ws URI, metadata). A user's
+    checkpoint is checked first by `main` (`check`); the round and the benchmark serve ones they wrote."""
     if not ray.is_initialized():
         connect(config)
     elif config.app.direct_ingress:

@@ -125,6 +125,10 @@ def test_training_checks_the_initial_weights_before_ray(tmp_path, data, tokenize
         run(str(tmp_path / "started"))
     with pytest.raises(FileNotFoundError, match="init_weights bundle of config 'value' .*OPENPI_VLM_CKPT_DIR"):
         training.check_inputs(training.Config(dataset=data, config="value", run_dir="r", tokenizer=str(tokenizer)), "value")
+    monkeypatch.setenv("OPENPI_VLM_CKPT_DIR", str(tmp_path / "no_bundle"))
+    with pytest.raises(FileNotFoundError, match=r"\$OPENPI_VLM_CKPT_DIR .*no_bundle: no such file or directory"):
+        training.check_inputs(training.Config(dataset=data, config="value", run_dir="r", tokenizer=str(tokenizer)), "value")
+    monkeypatch.delenv("OPENPI_VLM_CKPT_DIR")
     with pytest.raises(ValueError, match="global batch 2 does not split into --grad-accum 3"):
         training.run(train_policy.Config(dataset=data, config="pi06_tiny", run_dir=str(tmp_path / "run"),
                                          tokenizer=str(tokenizer), grad_accum=3), "policy")  # fmt: skip

@@ -58,15 +58,14 @@ def check_compatible(datasets: list[dataset_mod.Dataset]) -> None:
 def check_distinct(sources: list[Path]) -> list[str]:
     """The sources' content fingerprints; raises ValueError when one is given twice (the same directory or a copy
     of it): its episodes would be in the merge twice, weighted double in training."""
-    seen: dict[str, int] = {}
-    for i, source in enumerate(sources):
-        key = versions.fingerprint(source)
-        if key in seen:
-            same = "the same dataset" if Path(source).resolve() == Path(sources[seen[key]]).resolve() else "a copy of it"
-            raise ValueError(f"{source}: source {i + 1} is {same} as source {seen[key] + 1} ({sources[seen[key]]}); "
+    prints = [versions.fingerprint(source) for source in sources]
+    for i, key in enumerate(prints):
+        first = prints.index(key)
+        if first < i:
+            same = "the same dataset" if Path(sources[i]).resolve() == Path(sources[first]).resolve() else "a copy of it"
+            raise ValueError(f"{sources[i]}: source {i + 1} is {same} as source {first + 1} ({sources[first]}); "
                              "its episodes would be merged twice")  # fmt: skip
-        seen[key] = i
-    return list(seen)
+    return prints
 
 
 def merge(sources: list[str | Path], dst: str | Path, version: str | None = None, progress: bool = False) -> Path:

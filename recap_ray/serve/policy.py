@@ -76,9 +76,7 @@ def input_pipeline(config: policy_configs.PolicyConfig, stats: Mapping[str, Any]
 
 def infer_config(name: str) -> policy_configs.PolicyConfig:
     """The registered `_infer` policy config `name`; a training name is refused, naming its twin."""
-    config = registry.get(name)
-    if not isinstance(config, policy_configs.PolicyConfig):
-        raise ValueError(f"config {name!r} is a {type(config).__name__}, not a policy config")
+    config = registry.get(name, policy_configs.PolicyConfig)
     if not config.is_infer:
         raise ValueError(f"config {name!r} is a training config; serve its inference twin {name + '_infer'!r}")
     return config

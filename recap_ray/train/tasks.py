@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Any, Mapping
 
 import jax
@@ -70,12 +69,13 @@ class ValueTask:
         (`check_weights`); for the bundle ("bundle"), when $OPENPI_VLM_CKPT_DIR is unset or names no directory."""
         source, origin = _init_source(self.init, self.config.init_weights, self.config.name, "init_weights", flag)
         if source == "bundle":
-            bundle = os.environ.get(value_weights.BUNDLE_ENV_VAR)
-            if not bundle:
+            try:
+                source = str(value_weights.resolve_bundle_dir(None))  # what build_model loads
+            except FileNotFoundError as err:
                 raise FileNotFoundError(f"{origin} is pistar's vlm_ckpt bundle, read from ${value_weights.BUNDLE_ENV_VAR}, "
                                         f"which is not set; set it to the bundle directory or pass {flag} (a bundle "
-                                        "directory, a value run or checkpoint)")  # fmt: skip
-            source, origin = os.path.expanduser(bundle), f"${value_weights.BUNDLE_ENV_VAR} {bundle}"  # as resolve_bundle_dir
+                                        "directory, a value run or checkpoint)") from err  # fmt: skip
+            origin = f"${value_weights.BUNDLE_ENV_VAR} {source}"
         if source is not None:
             check_weights(source, origin, self.kind, f"; pass {flag} with the initial weights")
 
@@ -224,8 +224,7 @@ class PolicyTask:
         (`check_weights`)."""
         source, origin = _init_source(self.init, self.config.init_params, self.config.name, "init_params", flag)
         if source is not None and source != "none":
-            random = " (none: random ones)" if flag == "--init" else ""  # a round's paths are made absolute
-            check_weights(source, origin, self.kind, f"; pass {flag} with the initial weights{random}")
+            check_weights(source, origin, self.kind, f"; pass {flag} with the initial weights (none: random ones)")
 
     def trainable(self) -> nnx.filterlib.Filter:
         return self.config.model.trainable_filter()

@@ -232,7 +232,7 @@ def test_norm_stats_of_a_policy_config_are_its_training_stats(tmp_path):
     chunks = np.concatenate(chunks)
     np.testing.assert_allclose(stats["actions"].mean, chunks.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stats["actions"].std, chunks.std(0), rtol=1e-5)
-    with pytest.raises(ValueError, match="not a policy config"):
+    with pytest.raises(ValueError, match="is a ValueModelConfig, not a PolicyConfig"):
         norm_stats_job.main(norm_stats_job.Config(root, tmp_path / "v.json", config="value_tiny"))
 
 
