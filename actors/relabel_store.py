@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from etils import epath
 
+from recap_ray.data import versions
 from recap_ray.models import checkpoints
 
 logger = logging.getLogger(__name__)
@@ -106,3 +107,19 @@ class ValueStore:
     def remove(self) -> None:
         """Drop the work directory (after the version is published)."""
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def drop_published_work(output: str | Path) -> Path | None:
+    """Remove the work directory a relabel left beside `output` when `output` is the version it published
+    (the job was stopped between publishing and cleaning up); returns what was removed, or None."""
+    work = side_dir(output) / "work"
+    lineage = versions.read_lineage(output)
+    if not work.is_dir() or lineage is None or not lineage.get("change", "").startswith("relabel"):
+        return None
+    published = {lineage["params"].get("value_checkpoint_key")} | {p["fingerprint"] for p in lineage["parents"]}
+    for key_file in work.glob("*/key.json"):
+        parts = json.loads(key_file.read_text())
+        if {parts.get("checkpoint"), parts.get("source")} <= published:
+            shutil.rmtree(work)
+            return work
+    return None

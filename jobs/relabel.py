@@ -198,7 +198,9 @@ def infer_values(config: Config, spec: relabel_actors.InferenceSpec, store: rela
 def main(config: Config) -> Path:
     """Infer (or reuse) values, label, publish the new version; returns its path."""
     if config.output.exists():
-        raise FileExistsError(f"{config.output}: already exists; versions are never overwritten")
+        left = None if config.keep_work else relabel_store.drop_published_work(config.output)
+        note = f" (removed {left}, which the relabel that published it left behind)" if left else ""
+        raise FileExistsError(f"{config.output}: already exists; versions are never overwritten{note}")
     labelling = settings(config.lookahead, config.positive_ratio, config.compat, config.threshold_scope,
                          config.stop_at_intervention)  # fmt: skip
     step, name, tokenizer = resolve_checkpoint(config)

@@ -176,6 +176,32 @@ def test_crash_and_rerun_reuses_shards_and_matches(inputs, relabelled, monkeypat
     assert _digest_without_lineage(out) == _digest_without_lineage(relabelled)
 
 
+def test_work_left_by_a_kill_after_publishing_is_removed_on_rerun(inputs, relabelled, monkeypatch, tmp_path):
+    src, run = inputs
+    out = tmp_path / "published"
+
+    def killed(self):
+        raise KeyboardInterrupt("simulated kill after the rename")
+
+    monkeypatch.setattr(relabel_store.ValueStore, "remove", killed)
+    with pytest.raises(KeyboardInterrupt):
+        relabel_job.main(_config(src, run, out))
+    monkeypatch.undo()
+    work = relabel_store.side_dir(out) / "work"
+    assert out.is_dir() and work.is_dir()
+    before = tree_digest(out)
+    other = tmp_path / "other"  # a version the relabel did not publish keeps a work directory bound for it
+    shutil.copytree(out, other)
+    shutil.copytree(work, relabel_store.side_dir(other) / "work")
+    (other / writer.LINEAGE_FILE).write_text(json.dumps({**json.loads((out / writer.LINEAGE_FILE).read_text()), "parents": []}))
+    with pytest.raises(FileExistsError, match="already exists; versions are never overwritten$"):
+        relabel_job.main(_config(src, run, other))
+    assert (relabel_store.side_dir(other) / "work").is_dir()
+    with pytest.raises(FileExistsError, match="removed .*work, which the relabel that published it left behind"):
+        relabel_job.main(_config(src, run, out))
+    assert not work.exists() and tree_digest(out) == before
+
+
 def test_relabelling_twice_gives_identical_output(inputs, relabelled, tmp_path):
     _, run = inputs
     again = relabel_job.main(_config(relabelled, run, tmp_path / "again"))
