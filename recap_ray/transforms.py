@@ -86,6 +86,13 @@ def _to_hwc_uint8(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def _as_float(x: Any) -> np.ndarray:
+    """A float array in its own precision (float32 for non-float input): as openpi, the state stays float64
+    up to the discretised prompt when a client sends float64; PadStatesAndActions makes it float32."""
+    x = np.asarray(x)
+    return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class AlohaInputs:
     """Aloha cameras -> model cameras (HWC uint8, missing ones black with mask False); state/actions as is."""
@@ -109,7 +116,7 @@ class AlohaInputs:
             present = src in images
             out_images[dst] = _to_hwc_uint8(images[src]) if present else np.zeros_like(base)
             masks[dst] = np.bool_(present)
-        out = {"images": out_images, "image_masks": masks, "state": np.asarray(data["state"], np.float32)}
+        out = {"images": out_images, "image_masks": masks, "state": _as_float(data["state"])}
         for key in ("actions", "prompt", "adv_ind"):
             if key in data:
                 out[key] = data[key]
@@ -156,7 +163,12 @@ class AbsoluteActions:
 
 @dataclasses.dataclass(frozen=True)
 class Normalize:
-    """Quantile normalisation y = (x - q01) / (q99 - q01 + 1e-6) * 2 - 1 of `state` / `actions` (no clip)."""
+    """Quantile normalisation y = (x - q01) / (q99 - q01 + 1e-6) * 2 - 1 of `state` / `actions` (no clip).
+
+    Computed in the promoted dtype of sample and stats, as openpi (float64 stats from norm_stats.json give
+    float64): rounding y to float32 here would move values within ~1e-7 of a state-token bin edge into the
+    next bin, so the prompt would differ from openpi's (tests/test_openpi_transforms_parity.py).
+    """
 
     stats: Mapping[str, Any]  # key -> NormStats-like (fields q01, q99)
 
@@ -164,9 +176,9 @@ class Normalize:
         out = dict(data)
         for key, s in self.stats.items():
             if key in out:
-                x = np.asarray(out[key], np.float32)
+                x = _as_float(out[key])
                 q01, q99 = np.asarray(s.q01)[..., : x.shape[-1]], np.asarray(s.q99)[..., : x.shape[-1]]
-                out[key] = ((x - q01) / (q99 - q01 + 1e-6) * 2.0 - 1.0).astype(np.float32)
+                out[key] = (x - q01) / (q99 - q01 + 1e-6) * 2.0 - 1.0
         return out
 
 

@@ -144,7 +144,8 @@ def save(path: str | Path, stats: dict[str, NormStats], computed_as: Mapping[str
 
 
 def load(path: epath.PathLike) -> dict[str, NormStats]:
-    """Read openpi's norm_stats.json (a local file or one in a bucket); a missing field is an error naming the key."""
+    """Read openpi's norm_stats.json (a local file or one in a bucket); a missing or null field (openpi's z-score
+    stats have q01/q99 null) is an error naming the key."""
     path = epath.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: norm stats file is missing")
@@ -153,13 +154,12 @@ def load(path: epath.PathLike) -> dict[str, NormStats]:
         raise ValueError(f"{path}: no top-level 'norm_stats' key")
     out = {}
     for key, s in data["norm_stats"].items():
-        missing = [f for f in ("mean", "std") if f not in s]
+        # openpi writes q01/q99 null for z-score stats (pi0); pi0.5 normalises with quantiles, and openpi's
+        # Normalize(use_quantiles=True) refuses such stats (transforms._assert_quantile_stats)
+        missing = [f for f in ("mean", "std", "q01", "q99") if s.get(f) is None]
         if missing:
-            raise ValueError(f"{path}: norm_stats[{key!r}] lacks {missing}")
-        mean = np.asarray(s["mean"], np.float64)
-        q01 = np.asarray(s["q01"], np.float64) if s.get("q01") is not None else mean
-        q99 = np.asarray(s["q99"], np.float64) if s.get("q99") is not None else mean
-        out[key] = NormStats(mean=mean, std=np.asarray(s["std"], np.float64), q01=q01, q99=q99)
+            raise ValueError(f"{path}: norm_stats[{key!r}] lacks {missing} (pi0.5 needs the q01/q99 quantiles)")
+        out[key] = NormStats(**{f: np.asarray(s[f], np.float64) for f in ("mean", "std", "q01", "q99")})
     return out
 
 
