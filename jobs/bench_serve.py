@@ -216,7 +216,7 @@ def main(bench: BenchConfig) -> dict[str, Any]:
                 raise ValueError("random weights need --tokenizer (a sentencepiece model matching the config's vocab)")
             checkpoint = random_checkpoint(bench.config, bench.tokenizer, Path(tmp))
         stats = norm_stats.load(checkpoints.norm_stats_file(checkpoints.resolve(checkpoint), config.asset_id))
-        obs = _observation(bench.image_side, len(stats["state"].q01), config.default_prompt)
+        obs = _observation(bench.image_side, len(stats["state"].q01), config.default_prompt or "do something")
         local = in_process(bench, checkpoint, obs)
         gc.collect()
         remote = {mode: served(bench, checkpoint, obs, num_gpus, mode == "direct") for mode in bench.ingress}

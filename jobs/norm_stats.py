@@ -46,7 +46,8 @@ def main(config: Config) -> Path:
             needs = samples.PolicySamples.requirements(policy, samples.YAM_CAMERA_ROLES)
             widths = {key: needs.columns[key] for key in (norm_stats.STATE_KEY, norm_stats.ACTION_KEY)}
             samples.Needs({}, widths, needs.width_hint).check(config.dataset, ds.features, config.config)
-            stats = tasks.delta_action_stats(ds, policy.model.action_horizon, policy.use_delta_joint_actions)
+            stats = tasks.delta_action_stats(ds, policy.model.action_horizon, policy.use_delta_joint_actions,
+                                              policy.adapt_to_pi)  # fmt: skip
             computed_as = tasks.stats_provenance(policy, config.config)
         else:
             stats = norm_stats.compute(ds, {"state": config.state_key, "actions": config.action_key}, progress=True)

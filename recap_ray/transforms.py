@@ -4,6 +4,10 @@ Training inputs: RepackYam -> AlohaInputs -> DeltaActions -> Normalize -> Inject
 ResizeImages -> TokenizePrompt -> PadStatesAndActions -> ModelInputs. Serving skips the repack (clients
 send `images/state/prompt/adv_ind`). Outputs: Unnormalize (state and actions, back from 32 dims on
 the first len(q01) dims) -> AbsoluteActions -> AlohaOutputs (first 14 dims).
+
+`adapt_to_pi` (openpi's Aloha default, for Trossen arms recorded in Aloha's own joint space): AlohaInputs
+maps state and actions into the space pi0 models were trained in (joint signs flipped, the gripper's
+linear position as an angle) and AlohaOutputs maps actions back; YAM data uses no conversion.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from recap_ray import trossen
 from recap_ray.models import pi05_config, tokenizer, value_preprocess
 
 Sample = dict[str, Any]
@@ -37,7 +42,6 @@ YAM_REPACK: dict[str, str] = {
 }
 # 14-dim bimanual layout: [left joints 6, left gripper, right joints 6, right gripper].
 ALOHA_DELTA_MASK: tuple[bool, ...] = (True,) * 6 + (False,) + (True,) * 6 + (False,)
-
 
 @dataclasses.dataclass(frozen=True)
 class Compose:
@@ -95,13 +99,10 @@ def _as_float(x: Any) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class AlohaInputs:
-    """Aloha cameras -> model cameras (HWC uint8, missing ones black with mask False); state/actions as is."""
+    """Aloha cameras -> model cameras (HWC uint8, missing ones black with mask False); state/actions as is,
+    or into pi0's space with `adapt_to_pi`."""
 
-    adapt_to_pi: bool = False  # Trossen joint/gripper conversion; only False (YAM) is supported
-
-    def __post_init__(self) -> None:
-        if self.adapt_to_pi:
-            raise ValueError("AlohaInputs: adapt_to_pi=True (Trossen conversion) is not supported; YAM uses False")
+    adapt_to_pi: bool = False  # Trossen joint/gripper conversion (openpi's Aloha default); off for YAM
 
     def __call__(self, data: Sample) -> Sample:
         images = data.get("images", {})
@@ -116,21 +117,26 @@ class AlohaInputs:
             present = src in images
             out_images[dst] = _to_hwc_uint8(images[src]) if present else np.zeros_like(base)
             masks[dst] = np.bool_(present)
-        out = {"images": out_images, "image_masks": masks, "state": _as_float(data["state"])}
+        state = _as_float(data["state"])
+        out = {"images": out_images, "image_masks": masks, "state": trossen.state_to_pi(state) if self.adapt_to_pi else state}
         for key in ("actions", "prompt", "adv_ind"):
             if key in data:
                 out[key] = data[key]
+        if self.adapt_to_pi and "actions" in out:
+            out["actions"] = trossen.actions_to_pi(out["actions"])
         return out
 
 
 @dataclasses.dataclass(frozen=True)
 class AlohaOutputs:
-    """Keep the robot's action dims (the model's are padded to 32)."""
+    """Keep the robot's action dims (the model's are padded to 32); back to Aloha's space with `adapt_to_pi`."""
 
     action_dim: int = 14  # robot action width (Aloha/YAM: 14)
+    adapt_to_pi: bool = False  # inverse Trossen conversion of the actions
 
     def __call__(self, data: Sample) -> Sample:
-        return {**data, "actions": np.asarray(data["actions"])[..., : self.action_dim]}
+        actions = np.asarray(data["actions"])[..., : self.action_dim]
+        return {**data, "actions": trossen.actions_from_pi(actions) if self.adapt_to_pi else actions}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,13 +315,14 @@ def policy_inputs(
     repack: bool = True,
     delta_actions: bool = True,
     cameras: Mapping[str, str] | None = None,
+    adapt_to_pi: bool = False,
 ) -> Compose:
     """The input pipeline for training (`repack=True`, dropout > 0) or serving (`repack=False`, dropout 0).
 
     `cameras` (Aloha camera -> dataset camera) replaces the YAM cameras of the training repack.
     """
     steps: list[Transform] = [RepackYam(repack_mapping(cameras))] if repack else []
-    steps.append(AlohaInputs())
+    steps.append(AlohaInputs(adapt_to_pi))
     if delta_actions:
         steps.append(DeltaActions())
     steps += [
@@ -330,7 +337,8 @@ def policy_inputs(
     return Compose(tuple(steps))
 
 
-def policy_outputs(norm_stats: Mapping[str, Any], *, delta_actions: bool = True, action_dim: int = 14) -> Compose:
+def policy_outputs(norm_stats: Mapping[str, Any], *, delta_actions: bool = True, action_dim: int = 14,
+                   adapt_to_pi: bool = False) -> Compose:  # fmt: skip
     """{"state": the model-input state, "actions": model output (H, 32)} -> robot actions (H, action_dim).
 
     Both keys are unnormalised (openpi's strict Unnormalize), then joints made absolute again.
@@ -338,5 +346,5 @@ def policy_outputs(norm_stats: Mapping[str, Any], *, delta_actions: bool = True,
     steps: list[Transform] = [Unnormalize(norm_stats)]
     if delta_actions:
         steps.append(AbsoluteActions())
-    steps.append(AlohaOutputs(action_dim))
+    steps.append(AlohaOutputs(action_dim, adapt_to_pi))
     return Compose(tuple(steps))

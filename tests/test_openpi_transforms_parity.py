@@ -67,11 +67,12 @@ def _model(pistar: bool) -> pi05_config.Pi05Config:
     return pi05_config.Pi05Config(pistar=pistar, max_token_len=meta["max_token_len"], discrete_state_input=True)
 
 
-def _pipelines(stats, pistar: bool = False, repack: bool = False) -> tuple[transforms.Compose, transforms.Compose]:
+def _pipelines(stats, pistar: bool = False, repack: bool = False, adapt_to_pi: bool = False) -> tuple[transforms.Compose, transforms.Compose]:  # fmt: skip
     """(pipeline up to uint8 model images, full pipeline incl. ModelInputs)."""
     model = _model(pistar)
     tok = tokenizer.PromptTokenizer(FIXTURE / "tokenizer.model", model.max_token_len)
-    full = transforms.policy_inputs(model, stats, tok, default_prompt=META["openpi"]["default_prompt"], repack=repack)
+    prompt = None if adapt_to_pi else META["openpi"]["default_prompt"]  # openpi's stock pi05_aloha has none
+    full = transforms.policy_inputs(model, stats, tok, default_prompt=prompt, repack=repack, adapt_to_pi=adapt_to_pi)
     assert isinstance(full.transforms[-1], transforms.ModelInputs)
     return transforms.Compose(full.transforms[:-1]), full
 
@@ -137,6 +138,19 @@ def test_outputs_match_openpi(stats, case):
     assert ours.shape == theirs.shape == (50, 14)
     scale = np.abs(theirs).max()
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6 * scale, err_msg=case)
+
+
+@pytest.mark.parametrize("case", _cases("trossen"))
+def test_trossen_adapt_to_pi_matches_openpi(stats, case):
+    """openpi's stock pi05_aloha (adapt_to_pi=True): joint signs and gripper conversions in and out."""
+    data = _tree(f"trossen/{case}")
+    upto, full = _pipelines(stats, adapt_to_pi=True)
+    _check_model_input(upto(dict(data["in"])), full(dict(data["in"])), data["out"], case)
+    sample = _tree(f"trossen_outputs/{case}")
+    ours = transforms.policy_outputs(stats, adapt_to_pi=True)(dict(sample["in"]))["actions"]
+    theirs = sample["out"]["actions"]
+    assert ours.shape == theirs.shape == (50, 14)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6 * np.abs(theirs).max(), err_msg=case)
 
 
 def test_norm_stats_json_read_as_openpi_writes_it(stats):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recap_ray import transforms
+from recap_ray import transforms, trossen
 from recap_ray.configs import policy
 from recap_ray.data.norm_stats import NormStats
 from recap_ray.models import tokenizer
@@ -40,10 +40,19 @@ def test_repack_and_aloha_inputs():
     assert not out["images"]["right_wrist_0_rgb"].any()
     assert out["image_masks"] == {"base_0_rgb": True, "left_wrist_0_rgb": True, "right_wrist_0_rgb": False}
     assert out["adv_ind"] == "positive" and "episode_index" not in out
-    with pytest.raises(ValueError, match="adapt_to_pi"):
-        transforms.AlohaInputs(adapt_to_pi=True)
     with pytest.raises(ValueError, match="cam_high"):
         transforms.AlohaInputs()({"images": {"cam_left_wrist": base}, "state": np.zeros(14)})
+
+
+def test_trossen_actions_round_trip_and_width_check():
+    """adapt_to_pi: actions into pi0's space and back are the identity; only Aloha's 14 dims convert."""
+    actions = np.random.default_rng(1).uniform(-1.5, 1.5, (5, 14)).astype(np.float32)
+    np.testing.assert_allclose(trossen.actions_from_pi(trossen.actions_to_pi(actions)), actions, atol=1e-12)
+    out = transforms.AlohaOutputs(adapt_to_pi=True)({"actions": np.pad(trossen.actions_to_pi(actions), ((0, 0), (0, 18)))})
+    np.testing.assert_allclose(out["actions"], actions, atol=1e-12)
+    sample = {"images": {"cam_high": np.zeros((3, 8, 8), np.uint8)}, "state": np.zeros(16, np.float32)}
+    with pytest.raises(ValueError, match="adapt_to_pi: the state is 16 wide"):
+        transforms.AlohaInputs(adapt_to_pi=True)(sample)
 
 
 def test_resize_with_pad():

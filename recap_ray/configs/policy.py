@@ -29,7 +29,7 @@ class PolicyConfig:
     init_params: str | None = f"{PI05_BASE}/params"  # openpi params/ directory loaded at start; None: random
     assets_dir: str = f"{PI05_BASE}/assets"  # where norm stats live: <assets_dir>/<asset_id>/norm_stats.json
     asset_id: str = "trossen"  # norm-stats id
-    default_prompt: str = YAM_PROMPT  # task text when a sample has none
+    default_prompt: str | None = YAM_PROMPT  # task text when a sample has none (None: every sample brings its own)
     adv_ind_dropout: bool = True  # drop the advantage clause at train time (never for _infer)
     adv_ind_dropout_prob: float = 0.3  # pistar's drop probability
     use_delta_joint_actions: bool = True  # joints relative to the state, grippers absolute
@@ -84,6 +84,13 @@ PI06_YAM_LORA_SFT_RECAP, PI06_YAM_LORA_SFT_RECAP_INFER = _pair(
 PI06_YAM_SFT_RECAP, PI06_YAM_SFT_RECAP_INFER = _pair(
     "pi06_yam_vial_30fps_from_sft_recap", init_params=SFT_PARAMS, repo_id=_RECAP_REPO
 )
+
+# Trossen Aloha data, as openpi's pi05_aloha: pi05_base fine-tuned with openpi's adapt_to_pi conversion
+# (its `trossen` norm stats are of converted data); the task text comes from the data. Aloha's cameras
+# are mapped with --cameras (README: base=observation.images.cam_high ...).
+_ALOHA = {"adapt_to_pi": True, "repo_id": "local/aloha", "default_prompt": None}
+PI06_ALOHA, PI06_ALOHA_INFER = _pair("pi06_aloha", **_ALOHA)
+PI06_ALOHA_LORA, PI06_ALOHA_LORA_INFER = _pair("pi06_aloha_lora", **_ALOHA, **_LORA_RUN)
 
 # Same structure at test size: 2-layer experts (widths 64 / 32), 28px cameras (4 tokens each),
 # vocab 400 (the session-trained sentencepiece model), horizon 10, random init, no assets.

@@ -65,7 +65,8 @@ def input_pipeline(config: policy_configs.PolicyConfig, stats: Mapping[str, Any]
                    prompt_tokenizer: tokenizer.PromptTokenizer, adv_ind: str | None) -> transforms.Compose:
     """The serving transforms of `config` with `adv_ind` forced (None: no advantage clause)."""
     base = transforms.policy_inputs(config.model, stats, prompt_tokenizer, default_prompt=config.default_prompt,
-                                    repack=False, delta_actions=config.use_delta_joint_actions)  # fmt: skip
+                                    repack=False, delta_actions=config.use_delta_joint_actions,
+                                    adapt_to_pi=config.adapt_to_pi)  # fmt: skip
     steps: list[transforms.Transform] = [ForceAdvantage(adv_ind)]
     for step in base.transforms:
         if adv_ind is None and isinstance(step, transforms.TokenizePrompt):
@@ -110,7 +111,7 @@ class Policy:
         # (mobile Aloha: 14 joints + 2 base velocities).
         self.action_dim = int(np.asarray(stats["actions"].q01).shape[-1]) if "actions" in stats else self.spec.state_dim
         self._outputs = transforms.policy_outputs(stats, delta_actions=config.use_delta_joint_actions,
-                                                  action_dim=self.action_dim)  # fmt: skip
+                                                  action_dim=self.action_dim, adapt_to_pi=config.adapt_to_pi)  # fmt: skip
         graphdef, state = nnx.split(model)
         self._state = jax.tree.map(lambda x: jnp.asarray(x, options.param_dtype), state)
         num_steps, beta = options.num_steps, options.cfg_beta
@@ -221,7 +222,7 @@ class Policy:
         rng = np.random.default_rng(seed)
         images = {c: rng.integers(0, 256, (3, 224, 224), np.uint8) for c in ("cam_high", "cam_left_wrist", "cam_right_wrist")}
         return {"images": images, "state": rng.uniform(-1, 1, self.spec.state_dim).astype(np.float32),
-                "prompt": self.config.default_prompt}  # fmt: skip
+                "prompt": self.config.default_prompt or "do something"}  # fmt: skip
 
     def warmup(self) -> None:
         """Compile every batch bucket now, so no request waits for XLA."""

@@ -248,8 +248,6 @@ class PolicySamples:
         *,
         cameras: Mapping[str, str | None] = YAM_CAMERA_ROLES,
     ):
-        if config.adapt_to_pi:
-            raise ValueError(f"PolicySamples: {config.name} sets adapt_to_pi, which the transforms do not support")
         self.config, self.norm_stats, self.tokenizer = config, norm_stats, tokenizer
         needs = self.requirements(config, cameras)
         self.camera_map = dict(needs.cameras)
@@ -274,17 +272,18 @@ class PolicySamples:
             rng=key.rng(DROPOUT_STREAM) if self.dropout else None,
             delta_actions=self.config.use_delta_joint_actions,
             cameras=self.camera_map,
+            adapt_to_pi=self.config.adapt_to_pi,
         )
         return pipeline(raw)
 
     @staticmethod
     def requirements(config: policy_configs.PolicyConfig, cameras: Mapping[str, str | None]) -> Needs:
         """The fed Aloha cameras (cam_high among them); state and action at least Aloha's width (its delta mask) and at
-        most the model's padded width; adv_ind for pistar models."""
+        most the model's padded width (exactly Aloha's with `adapt_to_pi`); adv_ind for pistar models."""
         fed = slot_cameras(cameras, POLICY_SLOTS)
         if "cam_high" not in fed:
             raise ValueError(f"policy config {config.name}: the base camera (cam_high) must be fed; cameras {dict(cameras)}")  # fmt: skip
-        width = (POLICY_WIDTH, config.model.action_dim)
+        width = (POLICY_WIDTH, POLICY_WIDTH if config.adapt_to_pi else config.model.action_dim)
         columns: dict[str, tuple[int, int] | None] = {"observation.state": width, "action": width}
         if config.model.pistar:
             columns["adv_ind"] = None

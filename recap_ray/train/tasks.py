@@ -17,7 +17,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from recap_ray import transforms
+from recap_ray import transforms, trossen
 from recap_ray.configs import policy as policy_configs
 from recap_ray.data import dataset as dataset_mod
 from recap_ray.data import features as feats
@@ -135,12 +135,15 @@ def check_weights(source: str, origin: str, kind: str, hint: str = "") -> None:
                              f"{kind} weights")  # fmt: skip
 
 
-def delta_action_stats(ds: dataset_mod.Dataset, horizon: int, delta: bool) -> dict[str, norm_stats_mod.NormStats]:
-    """openpi's norm stats for a policy: state, and action chunks (made relative when `delta`) as trained."""
+def delta_action_stats(ds: dataset_mod.Dataset, horizon: int, delta: bool, adapt_to_pi: bool = False) -> dict[str, norm_stats_mod.NormStats]:  # fmt: skip
+    """openpi's norm stats for a policy: state, and action chunks (made relative when `delta`) as trained
+    (in pi0's space with `adapt_to_pi`, as openpi computes them after its Aloha input transform)."""
     running = {"state": norm_stats_mod.RunningStats(), "actions": norm_stats_mod.RunningStats()}
     for _, table in ds.iter_episode_tables():
         state = feats.column_to_numpy(table.column("observation.state")).astype(np.float32)
         actions = feats.column_to_numpy(table.column("action")).astype(np.float32)
+        if adapt_to_pi:
+            state, actions = trossen.state_to_pi(state), trossen.actions_to_pi(actions)
         rows = np.minimum(np.arange(len(actions))[:, None] + np.arange(horizon)[None], len(actions) - 1)
         chunks = actions[rows]  # (T, H, D): the training samples' action chunks, end padded as lerobot does
         if delta:
@@ -153,7 +156,11 @@ def delta_action_stats(ds: dataset_mod.Dataset, horizon: int, delta: bool) -> di
 def stats_provenance(config: policy_configs.PolicyConfig, name: str) -> dict[str, Any]:
     """What `delta_action_stats` computed for policy config `name`, as recorded in the norm_stats.json."""
     return {"actions": "delta_chunks" if config.use_delta_joint_actions else "chunks",
-            "action_horizon": config.model.action_horizon, "config": name}  # fmt: skip
+            "action_horizon": config.model.action_horizon, "adapt_to_pi": config.adapt_to_pi, "config": name}  # fmt: skip
+
+
+def _space(adapt_to_pi: bool) -> str:
+    return " in pi0's joint space (adapt_to_pi)" if adapt_to_pi else ""
 
 
 def check_norm_stats(path: epath.PathLike, config: policy_configs.PolicyConfig, name: str, features: Mapping[str, dict]) -> None:
@@ -163,11 +170,12 @@ def check_norm_stats(path: epath.PathLike, config: policy_configs.PolicyConfig, 
     stats = norm_stats_mod.load(path)
     marker = norm_stats_mod.computed_as(path)
     wanted = stats_provenance(config, name)
-    if marker is not None and any(marker.get(k) != wanted[k] for k in ("actions", "action_horizon")):
+    if marker is not None and any(marker.get(k, False) != wanted[k] for k in ("actions", "action_horizon", "adapt_to_pi")):
         got = f"{marker.get('actions')} actions" + (f" of horizon {marker['action_horizon']}" if "action_horizon" in marker else "")
         raise ValueError(
-            f"{path}: norm stats of {got}, but config {name} trains on {wanted['actions']} of horizon "
-            f"{wanted['action_horizon']}; write its stats with `python -m jobs.norm_stats --dataset D --config {name}`"
+            f"{path}: norm stats of {got}{_space(marker.get('adapt_to_pi', False))}, but config {name} trains on "
+            f"{wanted['actions']} of horizon {wanted['action_horizon']}{_space(wanted['adapt_to_pi'])}; write its stats "
+            f"with `python -m jobs.norm_stats --dataset D --config {name}`"
         )
     for key, column in (("state", "observation.state"), ("actions", "action")):
         width = list(features.get(column, {}).get("shape") or [])
@@ -237,7 +245,8 @@ class PolicyTask:
             if self.norm_stats_path is not None:
                 self._norm_stats = norm_stats_mod.load(self.norm_stats_path)
             else:
-                self._norm_stats = delta_action_stats(ds, self.config.model.action_horizon, self.config.use_delta_joint_actions)
+                self._norm_stats = delta_action_stats(ds, self.config.model.action_horizon, self.config.use_delta_joint_actions,
+                                                      self.config.adapt_to_pi)  # fmt: skip
         return self._norm_stats
 
     def needs(self) -> samples.Needs:

@@ -47,6 +47,8 @@ What is recorded (fixture.npz, flattened with "/"; strings as numpy str arrays):
   {"state": the model-input state as float32, "actions": a random (50, 32) float32 model output}.
 - norm_stats.json (the stats all pipelines use) and zscore/norm_stats.json (pi0-style, q01/q99 null),
   both written by openpi's normalize.save; stats_json/norm_stats.json: RunningStats' batched result.
+- trossen/<case>/... and trossen_outputs/<case>/...: openpi's stock pi05_aloha (adapt_to_pi=True: joint
+  signs and gripper conversions of Trossen arms), inputs and outputs as above.
 - stats/<name>/...: arrays fed to openpi's RunningStats (one batch, and batches as compute_norm_stats
   feeds them, so the histogram range grows and is re-binned), with mean/std/q01/q99 it returns.
 """
@@ -213,7 +215,7 @@ def _edge_states(rng, q01, q99):
     return x64, x32
 
 
-def _run_serving(config, transforms, cfg, norm_stats, obs):
+def _run_serving(transforms, cfg, norm_stats):
     data_config = cfg.data.create(cfg.assets_dirs, cfg.model)
     inputs = transforms.compose([
         transforms.InjectDefaultPrompt(None),  # serve_policy's --default-prompt, unset
@@ -243,7 +245,7 @@ def _openpi_part(args, tok, rng, assets, fixture, meta):
         assets=config.AssetsConfig(assets_dir=str(assets), asset_id="trossen"),
     )  # fmt: skip
     cfg = dataclasses.replace(base, data=data)
-    data_config, inputs, outputs = _run_serving(config, transforms, cfg, norm_stats, None)
+    data_config, inputs, outputs = _run_serving(transforms, cfg, norm_stats)
     assert data_config.use_quantile_norm and data_config.norm_stats is not None
     meta["openpi"] = {
         "config": "pi05_aloha (adapt_to_pi=False, default_prompt=YAM prompt, assets from norm_stats.json)",
@@ -314,6 +316,36 @@ def _openpi_part(args, tok, rng, assets, fixture, meta):
             fixture[f"stats/{name}/{f}"] = np.asarray(getattr(s, f))
         if name == "batched":
             normalize.save(args.out / "stats_json", {"state": s})
+
+
+def _trossen_part(args, tok, assets, fixture, meta):
+    """openpi's stock pi05_aloha (adapt_to_pi=True, Trossen arms): Aloha-range states (joints in radians,
+    grippers in [0, 1]), training actions, and the output pipeline on model chunks."""
+    config, _, transforms, normalize = _import_openpi(args.openpi, args.stubs, tok)
+    norm_stats = normalize.load(assets / "trossen")
+    base = config.get_config("pi05_aloha")
+    cfg = dataclasses.replace(base, data=dataclasses.replace(base.data, assets=config.AssetsConfig(str(assets), "trossen")))
+    assert cfg.data.adapt_to_pi
+    _, inputs, outputs = _run_serving(transforms, cfg, norm_stats)
+    rng = np.random.default_rng(13)
+    meta["trossen"] = {"config": "pi05_aloha (stock: adapt_to_pi=True)", "max_token_len": cfg.model.max_token_len}
+
+    def aloha(shape):
+        x = rng.uniform(-1.5, 1.5, shape)
+        x[..., [6, 13]] = rng.uniform(-0.05, 1.05, x[..., [6, 13]].shape)  # grippers, a little past the range
+        return x.astype(np.float32)
+
+    cams = {"cam_high": _image(rng, (3, 48, 64), "u8"), "cam_left_wrist": _image(rng, (3, 24, 32), "u8")}
+    cases = {"serve": {"images": cams, "state": aloha(14), "prompt": "fold the towel"},
+             "train": {"images": cams, "state": aloha(14), "actions": aloha((HORIZON, 14)), "prompt": "fold"}}  # fmt: skip
+    for name, obs in cases.items():
+        fixture.update(_flatten(obs, f"trossen/{name}/in"))
+        out = inputs(_copy(obs))
+        fixture.update(_flatten(_planar(out), f"trossen/{name}/out"))
+        sample = {"state": np.asarray(out["state"], np.float32),
+                  "actions": rng.uniform(-1.3, 1.3, (HORIZON, cfg.model.action_dim)).astype(np.float32)}  # fmt: skip
+        fixture.update(_flatten(sample, f"trossen_outputs/{name}/in"))
+        fixture.update(_flatten(outputs(_copy(sample)), f"trossen_outputs/{name}/out"))
 
 
 def _pistar_part(args, tok, rng, assets, fixture, meta):
@@ -402,6 +434,7 @@ def main() -> None:
         normalize.save(args.out / "zscore", zscore)
         _openpi_part(args, tok, rng, assets, fixture, meta)
         _pistar_part(args, tok, rng, assets, fixture, meta)
+        _trossen_part(args, tok, assets, fixture, meta)
     import jax
 
     meta["versions"] = {"python": sys.version.split()[0], "numpy": np.__version__, "jax": jax.__version__,

@@ -33,17 +33,17 @@ def _observations(n: int) -> list[dict]:
     return out
 
 
-def _reference(run, obs: dict, cfg_beta: float | None = None, adv_ind: str = "positive") -> np.ndarray:
+def _reference(run, obs: dict, cfg_beta: float | None = None, adv_ind: str = "positive", config=F32_CONFIG) -> np.ndarray:
     """Actions by hand: the checkpoint's weights, the training transforms with `adv_ind`, a plain
     Euler loop over full (uncached) velocity passes, the output transforms."""
-    config = F32_CONFIG
     step = checkpoints.resolve(run)
     model = config.model.abstract_model()
     weights.load_into(model, checkpoints.params_dir(step))
     velocity = nnx.jit(lambda m, o, x, t: m.velocity(o, x, t))
     stats = norm_stats.load(checkpoints.norm_stats_file(step, config.asset_id))
     tok = tokenizer.PromptTokenizer(checkpoints.tokenizer_file(step), config.model.max_token_len)
-    serve_in = transforms.policy_inputs(config.model, stats, tok, default_prompt=config.default_prompt, repack=False)
+    serve_in = transforms.policy_inputs(config.model, stats, tok, default_prompt=config.default_prompt, repack=False,
+                                        adapt_to_pi=config.adapt_to_pi)  # fmt: skip
     cond = serve_in({**obs, "adv_ind": adv_ind})
     state = cond.pop("state")
     batch = jax.tree.map(lambda x: jnp.asarray(x)[None], cond)
@@ -59,7 +59,7 @@ def _reference(run, obs: dict, cfg_beta: float | None = None, adv_ind: str = "po
             v_u = velocity(model, uncond, x, t)
             v = v_u + cfg_beta * (v - v_u)
         x = x - 0.1 * v
-    return transforms.policy_outputs(stats)({"state": state, "actions": np.asarray(x[0])})["actions"]
+    return transforms.policy_outputs(stats, adapt_to_pi=config.adapt_to_pi)({"state": state, "actions": np.asarray(x[0])})["actions"]
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +157,16 @@ def test_actions_wider_than_the_state_are_answered_whole(policy_run, f32_policy)
     answer = wide.infer(obs)["actions"]
     assert answer.shape == (10, 16) and wide.metadata["action_dim"] == 16 and wide.spec.state_dim == 14
     np.testing.assert_allclose(answer[:, :14], f32_policy.infer(obs)["actions"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_trossen_config_serves_through_the_conversion(policy_run, f32_policy):
+    """adapt_to_pi (pi06_aloha): the served answer is the model's chunk mapped back to Aloha's joint space."""
+    config = dataclasses.replace(F32_CONFIG, adapt_to_pi=True)
+    served = policy.Policy.load(policy_run, config, options=F32)
+    obs = _observations(1)[0]
+    answer = served.infer(obs)["actions"]
+    np.testing.assert_allclose(answer, _reference(policy_run, obs, config=config), rtol=1e-4, atol=1e-4)
+    assert np.abs(answer - f32_policy.infer(obs)["actions"]).max() > 1e-2  # the conversion took part
 
 
 def test_load_errors(policy_run, tmp_path):

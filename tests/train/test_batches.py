@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from recap_ray import trossen
 from recap_ray.configs import policy as policy_configs
 from recap_ray.configs import value as value_configs
 from recap_ray.data import dataset as dataset_mod
@@ -33,8 +34,9 @@ PISTAR_VALUE_CAMERAS = {
 
 
 def _norm(x: np.ndarray) -> np.ndarray:
-    """openpi's quantile normalisation under STATS, (x - q01) / (q99 - q01 + 1e-6) * 2 - 1."""
-    return ((np.asarray(x, np.float64) - 0.0) / (400.0 + 1e-6) * 2 - 1).astype(np.float32)
+    """openpi's quantile normalisation under STATS, (x - q01) / (q99 - q01 + 1e-6) * 2 - 1, in float64 as openpi
+    (the state is discretised into the prompt before it is padded to float32)."""
+    return (np.asarray(x, np.float64) - 0.0) / (400.0 + 1e-6) * 2 - 1
 
 
 def _policy_config(horizon: int, dropout: bool) -> policy_configs.PolicyConfig:
@@ -153,9 +155,11 @@ def test_resume_from_a_saved_position_equals_the_uninterrupted_stream(train_data
         _assert_tree_equal(_concat([halves[0][b], halves[1][b]]), full[4 + b])
 
 
-def test_policy_actions_state_and_prompt_come_from_the_frame(train_dataset, prompt_tok):
+@pytest.mark.parametrize("adapt_to_pi", [False, True], ids=["yam", "trossen"])
+def test_policy_actions_state_and_prompt_come_from_the_frame(train_dataset, prompt_tok, adapt_to_pi):
     horizon = 4
-    maker = samples.PolicySamples(_policy_config(horizon, dropout=False), STATS, prompt_tok)
+    config = dataclasses.replace(_policy_config(horizon, dropout=False), adapt_to_pi=adapt_to_pi)
+    maker = samples.PolicySamples(config, STATS, prompt_tok)
     with batches.BatchLoader(train_dataset, maker, global_batch=24, seed=0, threads=0) as loader:
         keys = loader.keys(0, 0)
         batch = next(loader)
@@ -172,6 +176,8 @@ def test_policy_actions_state_and_prompt_come_from_the_frame(train_dataset, prom
         rows = [min(r, n - 1) for r in range(k.frame, k.frame + horizon)]  # lerobot clamps to the episode end
         padded += rows[-1] != k.frame + horizon - 1
         chunk = s[rows] + 0.5
+        if adapt_to_pi:  # both into pi0's space before the delta (openpi's AlohaInputs, then DeltaActions)
+            s, chunk = trossen.state_to_pi(s), trossen.actions_to_pi(chunk)
         chunk[:, JOINTS] -= s[k.frame, JOINTS]  # joints relative to the state, grippers absolute
         want_actions = np.zeros((horizon, 32), np.float32)
         want_actions[:, :14] = _norm(chunk)
