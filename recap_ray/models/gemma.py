@@ -46,6 +46,7 @@ class GemmaConfig:
 def _variants() -> dict[str, GemmaConfig]:
     g2b = GemmaConfig(width=2048, depth=18, mlp_dim=16_384, num_heads=8, num_kv_heads=1, head_dim=256)
     g300m = GemmaConfig(width=1024, depth=18, mlp_dim=4096, num_heads=8, num_kv_heads=1, head_dim=256)
+    dummy = GemmaConfig(width=64, depth=4, mlp_dim=128, num_heads=8, num_kv_heads=1, head_dim=16)  # openpi's "dummy"
     tiny = GemmaConfig(width=64, depth=2, mlp_dim=128, num_heads=4, num_kv_heads=1, head_dim=16)
     tiny_expert = GemmaConfig(width=32, depth=2, mlp_dim=64, num_heads=4, num_kv_heads=1, head_dim=16)
     small = GemmaConfig(width=64, depth=3, mlp_dim=256, num_heads=4, num_kv_heads=1, head_dim=16)
@@ -59,6 +60,7 @@ def _variants() -> dict[str, GemmaConfig]:
         "gemma_300m": g300m,
         "gemma_2b_lora": with_lora(g2b, 16),
         "gemma_300m_lora": with_lora(g300m, 32),
+        "dummy": dummy,
         "tiny": tiny,
         "tiny_expert": tiny_expert,
         "small": small,  # the simulated task's LLM and action expert (pi06_sim_small)
@@ -71,7 +73,7 @@ VARIANTS: dict[str, GemmaConfig] = _variants()
 
 
 def get_variant(name: str) -> GemmaConfig:
-    """The Gemma sizes for a variant name (openpi names plus `tiny*` test sizes)."""
+    """The Gemma sizes for a variant name (openpi names, incl. its test size "dummy", plus our `tiny*` / `small`)."""
     if name not in VARIANTS:
         raise KeyError(f"unknown gemma variant {name!r}; known: {sorted(VARIANTS)}")
     return VARIANTS[name]

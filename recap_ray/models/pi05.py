@@ -99,12 +99,16 @@ class Pi05(nnx.Module):
         (_, out), _ = self.PaliGemma.llm([prefix, suffix], positions, mask, [None, cond])
         return self.action_out_proj(out[:, -x_t.shape[1]:])
 
-    def loss(self, obs: Observation, actions: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
-        """Flow-matching loss for given noise and times: scalar (pistar-weighted when config.pistar)."""
+    def loss_per_step(self, obs: Observation, actions: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
+        """Unweighted flow-matching loss per sample and action step (B, H), what openpi's `compute_loss` returns."""
         te = t[:, None, None]
         x_t = te * noise + (1 - te) * actions
         v_t = self.velocity(obs, x_t, t)
-        per_sample = jnp.mean(jnp.square(v_t - (noise - actions)), axis=(1, 2))
+        return jnp.mean(jnp.square(v_t - (noise - actions)), axis=-1)
+
+    def loss(self, obs: Observation, actions: jax.Array, noise: jax.Array, t: jax.Array) -> jax.Array:
+        """Flow-matching loss for given noise and times: scalar (pistar-weighted when config.pistar)."""
+        per_sample = jnp.mean(self.loss_per_step(obs, actions, noise, t), axis=1)
         if self.config.pistar:
             per_sample = per_sample * 0.5 * jnp.exp(-0.5 * (1 - t))
         return jnp.mean(per_sample)

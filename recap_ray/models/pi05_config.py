@@ -28,7 +28,7 @@ class Pi05Config:
     param_dtype: str = "float32"  # dtype parameters are created in
     paligemma_variant: str = "gemma_2b"  # expert 0 (see gemma.VARIANTS)
     action_expert_variant: str = "gemma_300m"  # expert 1
-    siglip_variant: str = "So400m/14"  # "So400m/14", "small" or "tiny"
+    siglip_variant: str = "So400m/14"  # big_vision "<size>/<patch>" ("So400m/14", "mu/14", ...), "small" or "tiny"
     image_size: int = 224  # square camera side fed to SigLIP
     vocab_size: int = gemma.PALIGEMMA_VOCAB_SIZE  # embedding rows
     pistar: bool = True  # pistar loss weighting w(t) = 0.5 exp(-0.5 (1 - t)); adv_ind in the prompt
@@ -51,13 +51,11 @@ class Pi05Config:
     def siglip(self) -> siglip.SiglipConfig:
         kw = {"num_classes": self.paligemma.width, "image_size": self.image_size, "dtype": self.dtype,
               "param_dtype": self.param_dtype, "remat": self.remat}  # fmt: skip
-        if self.siglip_variant == "So400m/14":
-            return siglip.SiglipConfig.so400m(**kw)
         if self.siglip_variant == "small":
             return siglip.SiglipConfig.small(**kw)
         if self.siglip_variant == "tiny":
             return siglip.SiglipConfig.tiny(**kw)
-        raise ValueError(f"unknown siglip variant {self.siglip_variant!r}; known: 'So400m/14', 'small', 'tiny'")
+        return siglip.SiglipConfig.from_variant(self.siglip_variant, **kw)
 
     @property
     def prefix_len(self) -> int:

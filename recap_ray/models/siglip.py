@@ -48,6 +48,11 @@ class SiglipConfig:
         return (self.image_size // self.patch_size) ** 2
 
     @classmethod
+    def from_variant(cls, variant: str, num_classes: int | None = None, **kw: object) -> SiglipConfig:
+        """A big_vision variant string ("So400m/14", "mu/14", ...; see BIG_VISION_SIZES)."""
+        return cls(**decode_variant(variant), num_classes=num_classes, **kw)
+
+    @classmethod
     def so400m(cls, num_classes: int | None = None, **kw: object) -> SiglipConfig:
         """So400m/14 at 224px: width 1152, depth 27, mlp 4304, 16 heads (256 tokens)."""
         return cls(width=1152, depth=27, mlp_dim=4304, num_heads=16, num_classes=num_classes, **kw)
@@ -63,6 +68,35 @@ class SiglipConfig:
         """CPU-trainable size for the simulated task: width 64, 3 blocks, 56px images (16 tokens)."""
         kw = {"image_size": 56, **kw}
         return cls(width=64, depth=3, mlp_dim=256, num_heads=4, num_classes=num_classes, **kw)
+
+
+# big_vision ViT sizes by name (openpi siglip.decode_variant; Table 2 of arXiv:2106.04560):
+# (width, depth, mlp_dim, num_heads). A variant string is "<name>/<patch>", e.g. "So400m/14" or "mu/14".
+BIG_VISION_SIZES: dict[str, tuple[int, int, int, int]] = {
+    "mu": (32, 1, 128, 2),
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "M": (512, 12, 2048, 8),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+    "So400m": (1152, 27, 4304, 16),
+    "H": (1280, 32, 5120, 16),
+    "g": (1408, 40, 6144, 16),
+    "g-opt": (1536, 40, 6144, 16),
+    "G": (1664, 48, 8192, 16),
+    "G-opt": (1536, 48, 8192, 16),
+    "e": (1792, 56, 15360, 16),
+}
+
+
+def decode_variant(variant: str) -> dict[str, int]:
+    """big_vision variant string ("So400m/14", "mu/14", "B") -> width, depth, mlp_dim, num_heads[, patch_size]."""
+    name, _, patch = variant.partition("/")
+    if name not in BIG_VISION_SIZES:
+        raise ValueError(f"unknown big_vision ViT variant {variant!r}; known sizes: {sorted(BIG_VISION_SIZES)}")
+    width, depth, mlp_dim, num_heads = BIG_VISION_SIZES[name]
+    out = {"width": width, "depth": depth, "mlp_dim": mlp_dim, "num_heads": num_heads}
+    return {**out, "patch_size": int(patch)} if patch else out
 
 
 def _param(rngs: nnx.Rngs, init: jax.nn.initializers.Initializer, shape: tuple[int, ...], dtype: str) -> nnx.Param:
@@ -122,7 +156,9 @@ class MultiHeadDotProductAttention(nnx.Module):
     def __call__(self, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
         q, k, v = self.query(x, dtype), self.key(x, dtype), self.value(x, dtype)
         q = q / jnp.sqrt(q.shape[-1]).astype(dtype)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        # Logits and softmax in `dtype`, as linen's dot_product_attention in openpi's tower (bfloat16 there:
+        # float32 logits here put bf16 image tokens ~1e-2 off openpi's; tests/models/test_openpi_parity.py).
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
         probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
         return self.out(jnp.einsum("bhqk,bkhd->bqhd", probs, v), dtype)
 
