@@ -63,6 +63,8 @@ from pathlib import Path
 
 import numpy as np
 
+import upstream_stand_ins  # beside this script
+
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "models" / "fixtures" / "openpi_pi05"
 
@@ -90,26 +92,13 @@ ADVANTAGES = ["positive", "negative", None]
 
 
 def install_stand_ins() -> None:
-    """Empty modules for what openpi imports but the JAX path never uses."""
-
-    def module(name: str, **attrs: object) -> types.ModuleType:
-        m = types.ModuleType(name)
-        m.__dict__.update(attrs)
-        sys.modules[name] = m
-        return m
-
-    if importlib.util.find_spec("torch") is None:
-        functional = module("torch.nn.functional")
-        nn = module("torch.nn", functional=functional)
-        module("torch", Tensor=type("Tensor", (), {}), nn=nn, uint8=object(), float32=object())
-    if importlib.util.find_spec("safetensors") is None:
-        module("safetensors.torch")
-        module("safetensors", torch=sys.modules["safetensors.torch"])
-    if importlib.util.find_spec("transformers") is None:
-        module("transformers", AutoProcessor=None)
-    pytorch = module("openpi.models_pytorch.pi0_pytorch")
-    module("openpi.models_pytorch", pi0_pytorch=pytorch)
-    module("openpi.training.data_loader", DataLoader=object)
+    """Stand-ins for PyTorch-side imports, and for the openpi modules that import PyTorch code."""
+    upstream_stand_ins.install()
+    for name, attrs in (("openpi.models_pytorch.pi0_pytorch", {}), ("openpi.training.data_loader", {"DataLoader": object})):
+        sys.modules[name] = types.ModuleType(name)
+        sys.modules[name].__dict__.update(attrs)
+    sys.modules["openpi.models_pytorch"] = types.ModuleType("openpi.models_pytorch")
+    sys.modules["openpi.models_pytorch"].pi0_pytorch = sys.modules["openpi.models_pytorch.pi0_pytorch"]
 
 
 def patch_openpi(vocab_size: int) -> None:

@@ -13,15 +13,15 @@ How the checked-in fixture was made (2 CPU cores, no GPU, no network):
         beartype==0.19.0 numpydantic pydantic pillow sentencepiece dm-tree einops augmax ml_collections==1.0.0 \
         orbax-checkpoint==0.11.13 chex==0.1.90 tqdm-loggable tyro filelock fsspec msgpack websockets
     nice /tmp/s13/venvs/openpi_t/bin/python tests/interop/make_openpi_transforms_fixture.py \
-        --openpi /tmp/s13/t/openpi --pistar /tmp/s13/t/pistar --stubs /tmp/s13/t/stubs --out tests/fixtures/openpi_transforms
+        --openpi /tmp/s13/t/openpi --pistar /tmp/s13/t/pistar --out tests/fixtures/openpi_transforms
 
 Resolved versions: Python 3.11.7, numpy 1.26.4, jax/jaxlib 0.5.3, flax 0.10.2, pillow 13.0.0 (the same
 Pillow as recap_ray's environment; PIL's bilinear resize is what both sides use), sentencepiece 0.2.3,
 pydantic 2.14.4, numpydantic 1.8.1.
 
-`--stubs` is a folder (outside this repository) with stand-in `torch`, `transformers` and `safetensors`
-packages: openpi's training/config.py imports its PyTorch model code at module level; only class and
-type names are needed there, nothing of them runs. Two more substitutions, both in this script:
+`upstream_stand_ins` (beside this script) puts empty `torch`, `transformers` and `safetensors` modules in
+place: openpi's training/config.py imports its PyTorch model code at module level; only class and type
+names are needed there, nothing of them runs. Two more substitutions, both in this script:
 `openpi.shared.download.maybe_download` returns a small sentencepiece model trained here (stored in the
 fixture as tokenizer.model; PaliGemma's real one is 4 MB and behind gs://), and the norm stats are read
 by openpi's own config code from a temporary assets folder holding a norm_stats.json written by
@@ -65,6 +65,8 @@ import tempfile
 
 import numpy as np
 
+import upstream_stand_ins  # beside this script
+
 YAM_PROMPT = "Use one arm to grasp the papercup and hand it over to the other arm"
 YAM_REPACK = {
     "images": {
@@ -105,9 +107,10 @@ def _purge_openpi():
             del sys.modules[name]
 
 
-def _import_openpi(src: pathlib.Path, stubs: pathlib.Path, tokenizer_model: pathlib.Path):
+def _import_openpi(src: pathlib.Path, tokenizer_model: pathlib.Path):
     _purge_openpi()
-    paths = [str(stubs), str(src / "src"), str(src / "packages/openpi-client/src")]
+    upstream_stand_ins.install()
+    paths = [str(src / "src"), str(src / "packages/openpi-client/src")]
     sys.path[:0] = paths
     import openpi.shared.download as download
 
@@ -237,7 +240,7 @@ def _copy(tree):
 
 
 def _openpi_part(args, tok, rng, assets, fixture, meta):
-    config, pi0_config, transforms, normalize = _import_openpi(args.openpi, args.stubs, tok)
+    config, pi0_config, transforms, normalize = _import_openpi(args.openpi, tok)
     norm_stats = normalize.load(assets / "trossen")  # what the config code reads
     base = config.get_config("pi05_aloha")
     data = dataclasses.replace(
@@ -321,7 +324,7 @@ def _openpi_part(args, tok, rng, assets, fixture, meta):
 def _trossen_part(args, tok, assets, fixture, meta):
     """openpi's stock pi05_aloha (adapt_to_pi=True, Trossen arms): Aloha-range states (joints in radians,
     grippers in [0, 1]), training actions, and the output pipeline on model chunks."""
-    config, _, transforms, normalize = _import_openpi(args.openpi, args.stubs, tok)
+    config, _, transforms, normalize = _import_openpi(args.openpi, tok)
     norm_stats = normalize.load(assets / "trossen")
     base = config.get_config("pi05_aloha")
     cfg = dataclasses.replace(base, data=dataclasses.replace(base.data, assets=config.AssetsConfig(str(assets), "trossen")))
@@ -349,7 +352,7 @@ def _trossen_part(args, tok, assets, fixture, meta):
 
 
 def _pistar_part(args, tok, rng, assets, fixture, meta):
-    config, pi0_config, transforms, normalize = _import_openpi(args.pistar, args.stubs, tok)
+    config, pi0_config, transforms, normalize = _import_openpi(args.pistar, tok)
     import openpi.policies.aloha_policy as aloha_policy
 
     norm_stats = normalize.load(assets / "trossen")
@@ -403,7 +406,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--openpi", type=pathlib.Path, required=True, help="openpi source tree (15a9616)")
     ap.add_argument("--pistar", type=pathlib.Path, required=True, help="pistar source tree (35fe827)")
-    ap.add_argument("--stubs", type=pathlib.Path, required=True, help="stand-in torch/transformers/safetensors")
     ap.add_argument("--out", type=pathlib.Path, required=True)
     args = ap.parse_args()
     import PIL
@@ -426,7 +428,7 @@ def main() -> None:
         assets = tmp / "assets"
         fixture: dict[str, np.ndarray] = {}
         meta: dict = {}
-        _, _, _, normalize = _import_openpi(args.openpi, args.stubs, tok)
+        _, _, _, normalize = _import_openpi(args.openpi, tok)
         stats = {k: normalize.NormStats(**{f: np.asarray(v) for f, v in s.items()}) for k, s in _norm_stats(rng).items()}
         normalize.save(assets / "trossen", stats)
         shutil.copy(assets / "trossen/norm_stats.json", args.out / "norm_stats.json")

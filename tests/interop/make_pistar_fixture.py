@@ -23,7 +23,7 @@ The tiny size needs three substitutions, all outside pistar's files:
 - SigLIP: the upstream variant string "mu/14" (width 32, depth 1, mlp 128, 2 heads, 14px patches);
 - `img_projection = nnx.Linear(1152, ...)` hardcodes So400m's width: value_model's `nnx` name is
   wrapped so that a Linear asked for 1152 inputs gets the tower's width (no other Linear has 1152).
-Torch, safetensors and openpi.models_pytorch get empty stand-ins when absent: model.py and
+Torch, safetensors (upstream_stand_ins, beside this script) and openpi.models_pytorch get empty stand-ins: model.py and
 array_typing.py import them for type annotations and PyTorch loaders only.
 
 How it was run (2026-11-26, CPU, Python 3.11.7):
@@ -61,6 +61,8 @@ import sys
 import tempfile
 import types
 from pathlib import Path
+
+import upstream_stand_ins  # beside this script
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -100,23 +102,8 @@ the robot grasps the handle and opens the door of the cabinet
 
 
 def _stand_ins() -> None:
-    """Empty modules for imports pistar makes only for PyTorch types/loaders (if not installed)."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        torch = types.ModuleType("torch")
-        torch.Tensor, torch.dtype, torch.device = (type(n, (), {}) for n in ("Tensor", "dtype", "device"))
-        torch.uint8, torch.float32 = "torch.uint8", "torch.float32"
-        nn = types.ModuleType("torch.nn")
-        nn.functional = types.ModuleType("torch.nn.functional")
-        torch.nn = nn
-        sys.modules.update({"torch": torch, "torch.nn": nn, "torch.nn.functional": nn.functional})
-    try:
-        import safetensors  # noqa: F401
-    except ImportError:
-        st = types.ModuleType("safetensors")
-        st.torch = types.ModuleType("safetensors.torch")
-        sys.modules.update({"safetensors": st, "safetensors.torch": st.torch})
+    """Stand-ins for PyTorch-side imports (if not installed), and for pistar's PyTorch model package."""
+    upstream_stand_ins.install()
     mp = types.ModuleType("openpi.models_pytorch")
     mp.pi0_pytorch = types.ModuleType("openpi.models_pytorch.pi0_pytorch")
     sys.modules.update({"openpi.models_pytorch": mp, "openpi.models_pytorch.pi0_pytorch": mp.pi0_pytorch})
