@@ -8,42 +8,34 @@ How the committed fixture was made:
   openpi  Physical-Intelligence/openpi 15a9616a00943ada6c20a0f158e3adb39df2ccac (src/ on sys.path)
   pistar  ybpy/pistar 35fe827df1d34ac3fd5459009eb4250f05441e60 (only its tokenizer, and its pi0.py for the
           pistar-weighted loss, each in a child process of this script)
-  Python 3.11.7, jax 0.5.3, jaxlib 0.5.3, flax 0.10.2, orbax-checkpoint 0.11.13, optax 0.2.8, numpy 1.26.4,
-  sentencepiece 0.2.3, ml-dtypes 0.4.1, tensorstore 0.1.74, jaxtyping 0.2.36, beartype 0.19.0 (openpi's pins;
-  PyPI), CPU only:
+  openpi's pins from PyPI, CPU only (resolved versions in meta.json):
 
     python3.11 -m venv /tmp/s13/venvs/openpi
     /tmp/s13/venvs/openpi/bin/pip install jax==0.5.3 jaxlib==0.5.3 flax==0.10.2 orbax-checkpoint==0.11.13 \
         ml-dtypes==0.4.1 tensorstore==0.1.74 'numpy<2' einops jaxtyping==0.2.36 beartype==0.19.0 augmax \
         dm-tree sentencepiece chex==0.1.90 ml_collections==1.0.0 typing-extensions etils filelock fsspec \
         tqdm-loggable numpydantic pydantic
-    git -C <mirror of openpi> archive HEAD | tar -x -C /tmp/s13/p/openpi   # likewise pistar
     OPENPI_COMMIT=15a9616a00943ada6c20a0f158e3adb39df2ccac PISTAR_COMMIT=35fe827df1d34ac3fd5459009eb4250f05441e60 \
     JAX_PLATFORMS=cpu nice /tmp/s13/venvs/openpi/bin/python tests/interop/make_openpi_fixture.py \
-        /tmp/s13/p/openpi --pistar /tmp/s13/p/pistar
+        /tmp/s13/p/openpi --pistar /tmp/s13/p/pistar    # trees from `git archive HEAD` of the fetched mirrors
   (about a minute; rerunning gives bit-identical outputs; the *_COMMIT variables only go into meta.json)
 
-What is patched in openpi (module attributes only, in this process; no openpi file is changed):
-  - torch, safetensors, transformers, openpi.models_pytorch and openpi.training.data_loader get in-memory
-    stand-in modules (PyTorch is not installed; they are only named in annotations / PyTorch paths).
-  - gemma.PALIGEMMA_VOCAB_SIZE -> the fixture tokenizer's vocabulary (400), so the table is 400 x 64.
-  - pi0.py hard-codes SigLIP "So400m/14": siglip.Module is wrapped to build big_vision's "mu/14" instead.
-  - model.IMAGE_RESOLUTION (and preprocess_observation's default) -> 42 x 42 (3 x 3 patches per camera).
-  - gemma.get_config gains "dummy_lora" (openpi's "dummy" + attn LoRA rank 4 / alpha 8, ffn LoRA rank 2 /
-    alpha 2) for the LoRA case; openpi has no small LoRA variant.
-  - PaligemmaTokenizer's download of paligemma_tokenizer.model -> the fixture's own sentencepiece model.
-Every other number comes from openpi's code: `Pi0Config(pi05=True, dtype="float32", paligemma_variant="dummy",
-action_expert_variant="dummy", ...)`, `Pi0.sample_actions` (given noise, 3 steps), `Pi0.compute_loss(train=False)`
-(its noise / time draws are captured), in float32 and in openpi's default bfloat16; the checkpoint is written by
-`openpi.training.checkpoints.save_state` (the `params/` item with trailing `/value` keys) and read back with
-`model.restore_params` before anything is computed. LoRA: openpi's `CheckpointWeightLoader` loads that params/
-into the "dummy_lora" model (LoRA leaves keep their init, as a LoRA fine-tune starts), the LoRA leaves are then
-randomised and stored in lora_leaves.npz. pistar: its tokenizer with each advantage value, and its
-pistar=True (weighted) loss on the same checkpoint and draws (pistar.npz).
+Patched in this process only (module attributes; no openpi file changes): stand-ins for PyTorch-side imports
+(upstream_stand_ins, openpi.models_pytorch, openpi.training.data_loader); gemma.PALIGEMMA_VOCAB_SIZE -> the
+fixture tokenizer's 400; pi0.py's hard-coded SigLIP "So400m/14" -> big_vision "mu/14"; model.IMAGE_RESOLUTION
+(and preprocess_observation's default) -> 42 x 42 (3 x 3 patches); gemma.get_config gains "dummy_lora" ("dummy"
++ attn LoRA rank 4 / alpha 8, ffn LoRA rank 2 / alpha 2; openpi has no small LoRA variant); PaligemmaTokenizer
+reads the fixture's sentencepiece model instead of downloading paligemma_tokenizer.model.
 
-Freshly initialised openpi weights are degenerate for a parity test (adaRMS `Dense_0` and the SigLIP head are
-zero, so time conditioning and images have no effect, and LoRA factors are 0.01): every leaf gets independent
-noise added (std 0.1, seed 1) before saving, so every weight matters.
+Every number comes from openpi's code: `Pi0Config(pi05=True, dtype="float32", paligemma_variant="dummy",
+action_expert_variant="dummy", ...)`, `Pi0.sample_actions` (given noise, 3 steps), `Pi0.compute_loss(train=False)`
+(its noise / time draws captured), in float32 and openpi's default bfloat16. The checkpoint is written by
+`openpi.training.checkpoints.save_state` (`params/`, trailing `/value` keys) and read back with
+`model.restore_params` before anything is computed. LoRA: `CheckpointWeightLoader` loads that params/ into the
+"dummy_lora" model (LoRA leaves keep their init, as a fine-tune starts), then the LoRA leaves are randomised and
+stored in lora_leaves.npz. pistar: its tokenizer with each advantage value and its pistar=True (weighted) loss
+on the same checkpoint and draws (pistar.npz). Fresh openpi weights are degenerate for parity (adaRMS `Dense_0`
+and the SigLIP head are zero, LoRA factors 0.01), so every leaf gets noise (std 0.1, seed 1) before saving.
 """
 
 from __future__ import annotations
@@ -188,19 +180,10 @@ def write_params(model, config, out: Path) -> None:
 
     params = nnx.state(model)
     # scripts/train.py init(): frozen leaves (LoRA freeze filter) are stored in bfloat16.
-    params = nnx_utils.state_map(
-        params, config.get_freeze_filter(), lambda p: p.replace(p.value.astype(jnp.bfloat16))
-    )
+    params = nnx_utils.state_map(params, config.get_freeze_filter(), lambda p: p.replace(p.value.astype(jnp.bfloat16)))
     tx = optax.sgd(1e-3)
-    state = training_utils.TrainState(
-        step=0,
-        params=params,
-        model_def=nnx.graphdef(model),
-        tx=tx,
-        opt_state=tx.init(params),
-        ema_decay=None,
-        ema_params=None,
-    )
+    state = training_utils.TrainState(step=0, params=params, model_def=nnx.graphdef(model), tx=tx,
+                                      opt_state=tx.init(params), ema_decay=None, ema_params=None)  # fmt: skip
     loader = types.SimpleNamespace(data_config=lambda: types.SimpleNamespace(norm_stats=None, asset_id=None))
     with tempfile.TemporaryDirectory() as tmp:
         mngr, _ = checkpoints.initialize_checkpoint_dir(Path(tmp) / "run", keep_period=None, overwrite=True,
@@ -220,16 +203,11 @@ def make_inputs(tokenizer, rng: np.random.Generator) -> dict[str, np.ndarray]:
         tokenizer.tokenize(p, s)
         for p, s in (("pick up the cup", state[0]), ("Put_the red block\nin the bowl!", state[1, :5]))
     ])  # fmt: skip
-    return {
-        "images": images,
-        "image_masks": masks,
-        "state": state,
-        "tokenized_prompt": np.stack(toks).astype(np.int32),
-        "tokenized_prompt_mask": np.stack(tmasks).astype(bool),
-        "actions": rng.normal(size=(BATCH, ACTION_HORIZON, ACTION_DIM)).astype(np.float32),
-        "sample_noise": rng.normal(size=(BATCH, ACTION_HORIZON, ACTION_DIM)).astype(np.float32),
-        "loss_rng_seed": np.array(7),
-    }
+    return {"images": images, "image_masks": masks, "state": state, "tokenized_prompt": np.stack(toks).astype(np.int32),
+            "tokenized_prompt_mask": np.stack(tmasks).astype(bool),
+            "actions": rng.normal(size=(BATCH, ACTION_HORIZON, ACTION_DIM)).astype(np.float32),
+            "sample_noise": rng.normal(size=(BATCH, ACTION_HORIZON, ACTION_DIM)).astype(np.float32),
+            "loss_rng_seed": np.array(7)}  # fmt: skip
 
 
 def images_float(images: np.ndarray) -> np.ndarray:
@@ -246,9 +224,8 @@ def observation(inputs: dict[str, np.ndarray]):
         images={k: jnp.asarray(images_float(inputs["images"][i])) for i, k in enumerate(keys)},
         image_masks={k: jnp.asarray(inputs["image_masks"][i]) for i, k in enumerate(keys)},
         state=jnp.asarray(inputs["state"]),
-        tokenized_prompt=jnp.asarray(inputs["tokenized_prompt"]),
-        tokenized_prompt_mask=jnp.asarray(inputs["tokenized_prompt_mask"]),
-    )
+        tokenized_prompt=jnp.asarray(inputs["tokenized_prompt"]), tokenized_prompt_mask=jnp.asarray(inputs["tokenized_prompt_mask"]),
+    )  # fmt: skip
 
 
 def run_model(model, inputs: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
@@ -280,12 +257,8 @@ def run_model(model, inputs: dict[str, np.ndarray], prefix: str) -> dict[str, np
     # (linen's bridge also calls initializers on the way; the noise is the one draw of the actions' shape)
     (noise,) = [x for x in drawn["noise"] if x.shape == inputs["actions"].shape]
     (time,) = [x * 0.999 + 0.001 for x in drawn["time_beta"]]
-    return {
-        f"{prefix}sample_actions": np.asarray(actions),
-        f"{prefix}loss": np.asarray(loss),
-        f"{prefix}loss_noise": np.asarray(noise),
-        f"{prefix}loss_time": np.asarray(time),
-    }
+    return {f"{prefix}sample_actions": np.asarray(actions), f"{prefix}loss": np.asarray(loss),
+            f"{prefix}loss_noise": np.asarray(noise), f"{prefix}loss_time": np.asarray(time)}  # fmt: skip
 
 
 def image_tokens(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -352,7 +325,6 @@ def main() -> None:
         return
     sys.path.insert(0, str(args.openpi_src / "src"))
     install_stand_ins()
-    import flax
     import flax.traverse_util
     import jax
     import orbax.checkpoint
@@ -395,9 +367,7 @@ def main() -> None:
     lora_config = pi0_config.Pi0Config(pi05=True, **model_kwargs("dummy_lora"))
     lora_model = lora_config.create(jax.random.key(0))
     graphdef, state = nnx.split(lora_model)
-    state.replace_by_pure_dict(
-        weight_loaders.CheckpointWeightLoader(str(FIXTURE / "params")).load(state.to_pure_dict())
-    )
+    state.replace_by_pure_dict(weight_loaders.CheckpointWeightLoader(str(FIXTURE / "params")).load(state.to_pure_dict()))
     lora_model = nnx.merge(graphdef, state)
     randomize(lora_model, seed=2, lora_only=True)
     lora_leaves = flax.traverse_util.flatten_dict(nnx.state(lora_model).to_pure_dict(), sep="/")
@@ -414,24 +384,13 @@ def main() -> None:
     meta = {
         "openpi_commit": os.environ.get("OPENPI_COMMIT"),  # `git archive` trees carry no commit
         "pistar_commit": os.environ.get("PISTAR_COMMIT") if args.pistar else None,
-        "python": sys.version.split()[0],
-        "jax": jax.__version__,
-        "flax": flax.__version__,
-        "orbax_checkpoint": orbax.checkpoint.__version__,
-        "numpy": np.__version__,
-        "sentencepiece": sentencepiece.__version__,
-        "vocab_size": vocab,
-        "image_size": IMAGE_SIZE,
-        "siglip_variant": SIGLIP_VARIANT,
-        "gemma_variant": "dummy",
-        "lora": {"attn": LORA_ATTN, "ffn": LORA_FFN},
-        "action_dim": ACTION_DIM,
-        "action_horizon": ACTION_HORIZON,
-        "max_token_len": MAX_TOKEN_LEN,
-        "tokenizer_max_len": TOKENIZER_MAX_LEN,
-        "num_steps": NUM_STEPS,
-        "prompts": PROMPTS,
-    }
+        "python": sys.version.split()[0], "jax": jax.__version__, "flax": flax.__version__,
+        "orbax_checkpoint": orbax.checkpoint.__version__, "numpy": np.__version__,
+        "sentencepiece": sentencepiece.__version__, "vocab_size": vocab, "image_size": IMAGE_SIZE,
+        "siglip_variant": SIGLIP_VARIANT, "gemma_variant": "dummy", "lora": {"attn": LORA_ATTN, "ffn": LORA_FFN},
+        "action_dim": ACTION_DIM, "action_horizon": ACTION_HORIZON, "max_token_len": MAX_TOKEN_LEN,
+        "tokenizer_max_len": TOKENIZER_MAX_LEN, "num_steps": NUM_STEPS, "prompts": PROMPTS,
+    }  # fmt: skip
     (FIXTURE / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     for k, v in sorted(outputs.items()):
         print(k, v.shape, float(np.abs(v).max()))

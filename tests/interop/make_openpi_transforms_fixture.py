@@ -1,10 +1,9 @@
 """Writes tests/fixtures/openpi_transforms/: openpi's (and pistar's) own transform and norm-stats outputs.
 
-Runs in a separate Python 3.11 environment with openpi's pins, importing the upstream sources given as
-arguments (nothing upstream is copied into this repository). tests/test_openpi_transforms_parity.py
-replays the recorded inputs through recap_ray and compares; it needs none of this.
-
-How the checked-in fixture was made (2 CPU cores, no GPU, no network):
+Runs in a Python 3.11 venv with openpi's pins, importing the upstream sources given as arguments (nothing
+upstream is copied here); tests/test_openpi_transforms_parity.py replays the recorded inputs through recap_ray.
+How the checked-in fixture was made (CPU; resolved versions in meta.json; PIL's bilinear resize is what both
+sides use, and this venv had the same Pillow 13.0.0 as recap_ray's):
 
     git -C <mirror>/Physical-Intelligence+openpi/repo archive 15a9616a00943ada6c20a0f158e3adb39df2ccac | tar -x -C /tmp/s13/t/openpi
     git -C <mirror>/ybpy+pistar/repo archive 35fe827df1d34ac3fd5459009eb4250f05441e60 | tar -x -C /tmp/s13/t/pistar
@@ -15,42 +14,27 @@ How the checked-in fixture was made (2 CPU cores, no GPU, no network):
     nice /tmp/s13/venvs/openpi_t/bin/python tests/interop/make_openpi_transforms_fixture.py \
         --openpi /tmp/s13/t/openpi --pistar /tmp/s13/t/pistar --out tests/fixtures/openpi_transforms
 
-Resolved versions: Python 3.11.7, numpy 1.26.4, jax/jaxlib 0.5.3, flax 0.10.2, pillow 13.0.0 (the same
-Pillow as recap_ray's environment; PIL's bilinear resize is what both sides use), sentencepiece 0.2.3,
-pydantic 2.14.4, numpydantic 1.8.1.
+Substitutions: `upstream_stand_ins` (beside this script) for torch / transformers / safetensors, which openpi's
+training/config.py imports for names only; `openpi.shared.download.maybe_download` returns a sentencepiece model
+trained here (fixture's tokenizer.model; PaliGemma's is behind gs://); the norm stats reach openpi's own config
+code through a temporary assets folder with a norm_stats.json written by openpi's `normalize.save`.
 
-`upstream_stand_ins` (beside this script) puts empty `torch`, `transformers` and `safetensors` modules in
-place: openpi's training/config.py imports its PyTorch model code at module level; only class and type
-names are needed there, nothing of them runs. Two more substitutions, both in this script:
-`openpi.shared.download.maybe_download` returns a small sentencepiece model trained here (stored in the
-fixture as tokenizer.model; PaliGemma's real one is 4 MB and behind gs://), and the norm stats are read
-by openpi's own config code from a temporary assets folder holding a norm_stats.json written by
-openpi's `normalize.save` (that file is stored in the fixture too).
-
-What is recorded (fixture.npz, flattened with "/"; strings as numpy str arrays):
-- serve/<case>/in/...: observations as robots send them (openpi convention: images CHW uint8, or CHW
-  float in [0, 1]; 14-dim state float32 or float64; some with actions, some without a prompt or camera;
-  two with states whose normalised values sit a hair below a state-token bin edge, see _edge_states).
-  serve/<case>/out/...: openpi's model input (images stored CHW, see _planar) after the pi05_aloha serving pipeline of
-  policy_config.create_trained_policy (InjectDefaultPrompt, AlohaInputs, DeltaActions, quantile
-  Normalize, InjectDefaultPrompt, ResizeImages(224), TokenizePrompt, PadStatesAndActions(32)), then
-  Observation.from_dict's uint8 -> [-1, 1] is left to the test (model.py needs torch at import time).
-  The config is openpi's `pi05_aloha` with adapt_to_pi=False, the only setting recap_ray supports
-  (pi06_yam; spec policy.md section 5).
-- pistar/<case>/...: the same with pistar's TokenizePrompt (adv_ind clause, max_token_len 203,
-  adv_ind_dropout=False as the `_infer` configs). pistar's AlohaInputs (= openpi's) drops `adv_ind`,
-  so pistar's own Aloha pipeline raises "Adv_ind is required."; RECAP's aloha_policy.py passes it
-  through. The script records that error and inserts a pass-through after AlohaInputs.
-- train/<case>/...: a LeRobot-shaped YAM sample through openpi's RepackTransform with the pi06_yam
-  repack (spec policy.md section 5), then the training pipeline (data loader order).
-- outputs/<case>/...: Policy.infer's output pipeline (Unnormalize, AbsoluteActions, AlohaOutputs) on
-  {"state": the model-input state as float32, "actions": a random (50, 32) float32 model output}.
-- norm_stats.json (the stats all pipelines use) and zscore/norm_stats.json (pi0-style, q01/q99 null),
-  both written by openpi's normalize.save; stats_json/norm_stats.json: RunningStats' batched result.
-- trossen/<case>/... and trossen_outputs/<case>/...: openpi's stock pi05_aloha (adapt_to_pi=True: joint
-  signs and gripper conversions of Trossen arms), inputs and outputs as above.
-- stats/<name>/...: arrays fed to openpi's RunningStats (one batch, and batches as compute_norm_stats
-  feeds them, so the histogram range grows and is re-binned), with mean/std/q01/q99 it returns.
+Recorded (fixture.npz, keys joined with "/", strings as numpy str arrays):
+- serve/<case>/in, out: observations as robots send them (CHW uint8 or [0, 1] float images; 14-dim float32 or
+  float64 state; with and without actions, prompt, a camera; two states a hair below a state-token bin edge,
+  see openpi_transform_cases.edge_states) and openpi's model input after the serving pipeline of policy_config.create_trained_policy
+  for `pi05_aloha` with adapt_to_pi=False (pi06_yam's setting); images stored CHW (_planar); uint8 -> [-1, 1]
+  (Observation.from_dict) is left to the test.
+- pistar/<case>: the same with pistar's TokenizePrompt (advantage clause, max_token_len 203, no dropout as the
+  `_infer` configs). pistar's AlohaInputs (openpi's) drops `adv_ind`, so its own pipeline raises "Adv_ind is
+  required." (recorded); RECAP's passes it through, so a pass-through is inserted after AlohaInputs.
+- train/yam: a LeRobot-shaped YAM sample through openpi's RepackTransform (pi06_yam mapping) and the training
+  pipeline; outputs/<case>: the output pipeline (Unnormalize, AbsoluteActions, AlohaOutputs) on the model-input
+  state and a random (50, 32) model chunk; trossen/<case>, trossen_outputs/<case>: openpi's stock pi05_aloha
+  (adapt_to_pi=True), inputs and outputs.
+- norm_stats.json (used by every pipeline), zscore/norm_stats.json (q01/q99 null), stats_json/norm_stats.json
+  (RunningStats' batched result), all written by openpi; stats/<name>: arrays fed to RunningStats in one batch
+  and in batches whose range grows (re-binning), with the mean/std/q01/q99 it returns.
 """
 
 from __future__ import annotations
@@ -66,19 +50,15 @@ import tempfile
 import numpy as np
 
 import upstream_stand_ins  # beside this script
+import openpi_transform_cases as robot_inputs  # beside this script
+from openpi_transform_cases import HORIZON
 
 YAM_PROMPT = "Use one arm to grasp the papercup and hand it over to the other arm"
 YAM_REPACK = {
-    "images": {
-        "cam_high": "observation.images.head_camera",
-        "cam_left_wrist": "observation.images.left_wrist_camera",
-        "cam_right_wrist": "observation.images.right_wrist_camera",
-    },
-    "state": "observation.state",
-    "actions": "action",
-    "adv_ind": "adv_ind",
-}
-HORIZON = 50
+    "images": {"cam_high": "observation.images.head_camera", "cam_left_wrist": "observation.images.left_wrist_camera",
+               "cam_right_wrist": "observation.images.right_wrist_camera"},
+    "state": "observation.state", "actions": "action", "adv_ind": "adv_ind",
+}  # fmt: skip
 CORPUS = (
     "Task: pick up the cube and hand it over, State: 0 1 2 3 4 5 6 7 8 9 10 127 128 255 -1;\nAction: "
     "Advantage: positive negative none. Use one arm to grasp the papercup and hand it over to the other arm. "
@@ -132,92 +112,6 @@ def _import_openpi(src: pathlib.Path, tokenizer_model: pathlib.Path):
     return config, pi0_config, transforms, normalize
 
 
-def _image(rng, shape, kind, noise=0):
-    """Smooth content plus +-noise levels (kept small so the fixture compresses), CHW; kind 'u8' or 'f32'
-    (LeRobot's [0, 1] float)."""
-    c, h, w = shape
-    yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
-    base = np.stack([np.sin(6 * xx + i) * np.cos(4 * yy - i) for i in range(c)]) * 100 + 128
-    img = np.clip(base + rng.integers(-noise, noise + 1, (c, h, w)), 0, 255)
-    if kind == "u8":
-        return img.astype(np.uint8)
-    return (img / 255.0).astype(np.float32)
-
-
-def _norm_stats(rng):
-    def one(dim, scale):
-        q01 = rng.uniform(-1.5, -0.2, dim) * scale
-        q99 = q01 + rng.uniform(0.3, 3.0, dim) * scale
-        q99[6], q99[13] = q01[6] + 1.0, q01[13] + 0.9  # grippers
-        return {"mean": (q01 + q99) / 2, "std": (q99 - q01) / 4, "q01": q01, "q99": q99}
-
-    return {"state": one(14, 1.0), "actions": one(14, 0.5)}
-
-
-def _serve_cases(rng, tiny=False):
-    """Observations as a robot sends them (openpi's AlohaInputs expects CHW); `tiny`: 6x8 images."""
-    if tiny:
-        shapes = dict.fromkeys(("4x3", "4x3w", "wide_h", "wide_l", "wide_r", "tall_h", "tall_l", "sq", "low"), (3, 6, 8))
-    else:
-        shapes = {"4x3": (3, 72, 96), "4x3w": (3, 60, 80), "wide_h": (3, 20, 125), "wide_l": (3, 15, 100),
-                  "wide_r": (3, 17, 113), "tall_h": (3, 250, 61), "tall_l": (3, 97, 23), "sq": (3, 224, 224),
-                  "low": (3, 24, 32)}  # fmt: skip
-    cases = {}
-    state = lambda dt=np.float32: rng.uniform(-2.0, 2.0, 14).astype(dt)  # noqa: E731 (some beyond q01/q99)
-    cases["chw_u8_4x3"] = {
-        "images": {
-            "cam_high": _image(rng, shapes["4x3"], "u8", noise=3),
-            "cam_left_wrist": _image(rng, shapes["4x3w"], "u8"),
-            "cam_right_wrist": _image(rng, shapes["4x3w"], "u8"),
-        },
-        "state": state(),
-        "prompt": "hand over the cup",
-    }
-    cases["chw_f32_wide_with_actions"] = {
-        "images": {
-            "cam_high": _image(rng, shapes["wide_h"], "f32"),
-            "cam_left_wrist": _image(rng, shapes["wide_l"], "f32"),
-            "cam_right_wrist": _image(rng, shapes["wide_r"], "f32"),
-        },
-        "state": state(),
-        "actions": rng.uniform(-2.0, 2.0, (HORIZON, 14)).astype(np.float32),
-        "prompt": "  fold_the towel\nnow ",
-    }
-    cases["missing_wrist_default_prompt"] = {
-        "images": {"cam_high": _image(rng, shapes["tall_h"], "u8"), "cam_left_wrist": _image(rng, shapes["tall_l"], "u8")},
-        "state": state(),
-    }
-    cases["square224_cam_low_f64_state"] = {
-        "images": {
-            "cam_high": _image(rng, shapes["sq"], "u8"),
-            "cam_low": _image(rng, shapes["low"], "u8"),
-            "cam_right_wrist": _image(rng, shapes["sq"], "u8"),
-        },
-        "state": state(np.float64),
-        "prompt": "stack the blocks",
-    }
-    return cases
-
-
-def _edge_states(rng, q01, q99):
-    """States whose normalised values sit just below a bin edge of pi0.5's 256-bin state discretisation
-    (edges k/128 - 1): float64 (y a hair below the edge), and float32 (y below the edge in float64 but
-    rounding onto it in float32). A pipeline that rounds to float32 before discretising gets other tokens."""
-    scale = q99 - q01 + 1e-6
-    edges = rng.integers(20, 236, q01.shape) / 128 - 1
-    x64 = q01 + (edges - 2e-9 + 1) / 2 * scale
-    x32 = np.empty(q01.shape, np.float32)
-    for i, (x, e) in enumerate(zip(x64, edges)):
-        cands = [np.float32(x)]
-        for _ in range(4):
-            cands += [np.nextafter(cands[-2 if len(cands) > 1 else 0], np.float32(-np.inf)),
-                      np.nextafter(cands[-1], np.float32(np.inf))]  # fmt: skip
-        ys = [(float(c) - q01[i]) / scale[i] * 2 - 1 for c in cands]
-        flips = [c for c, y in zip(cands, ys) if y < e and np.float32(y) >= e]
-        x32[i] = flips[0] if flips else max((c for c, y in zip(cands, ys) if y < e), key=float)
-    return x64, x32
-
-
 def _run_serving(transforms, cfg, norm_stats):
     data_config = cfg.data.create(cfg.assets_dirs, cfg.model)
     inputs = transforms.compose([
@@ -258,13 +152,13 @@ def _openpi_part(args, tok, rng, assets, fixture, meta):
         "output_transforms": [type(t).__name__ for t in outputs.transforms],
     }  # fmt: skip
     model_out = {}
-    for name, obs in _serve_cases(rng).items():
+    for name, obs in robot_inputs.serve_cases(rng).items():
         fixture.update(_flatten(obs, f"serve/{name}/in"))
         out = inputs(_copy(obs))
         fixture.update(_flatten(_planar(out), f"serve/{name}/out"))
         model_out[name] = out
-    x64, x32 = _edge_states(rng, np.asarray(norm_stats["state"].q01), np.asarray(norm_stats["state"].q99))
-    tiny = {"cam_high": _image(rng, (3, 6, 8), "u8"), "cam_left_wrist": _image(rng, (3, 6, 8), "u8")}
+    x64, x32 = robot_inputs.edge_states(rng, np.asarray(norm_stats["state"].q01), np.asarray(norm_stats["state"].q99))
+    tiny = {"cam_high": robot_inputs.image(rng, (3, 6, 8), "u8"), "cam_left_wrist": robot_inputs.image(rng, (3, 6, 8), "u8")}
     for name, st in (("state_bin_edges_f64", x64), ("state_bin_edges_f32", x32)):
         obs = {"images": tiny, "state": st, "prompt": "bin edges"}
         fixture.update(_flatten(obs, f"serve/{name}/in"))
@@ -285,9 +179,9 @@ def _openpi_part(args, tok, rng, assets, fixture, meta):
         *data_config.model_transforms.inputs,
     ])
     sample = {
-        "observation.images.head_camera": _image(rng, (3, 24, 32), "f32"),
-        "observation.images.left_wrist_camera": _image(rng, (3, 12, 16), "f32"),
-        "observation.images.right_wrist_camera": _image(rng, (3, 12, 16), "f32"),
+        "observation.images.head_camera": robot_inputs.image(rng, (3, 24, 32), "f32"),
+        "observation.images.left_wrist_camera": robot_inputs.image(rng, (3, 12, 16), "f32"),
+        "observation.images.right_wrist_camera": robot_inputs.image(rng, (3, 12, 16), "f32"),
         "observation.state": rng.uniform(-1.5, 1.5, 14).astype(np.float32),
         "action": rng.uniform(-1.5, 1.5, (HORIZON, 14)).astype(np.float32),
         "episode_index": np.int64(3),
@@ -338,7 +232,7 @@ def _trossen_part(args, tok, assets, fixture, meta):
         x[..., [6, 13]] = rng.uniform(-0.05, 1.05, x[..., [6, 13]].shape)  # grippers, a little past the range
         return x.astype(np.float32)
 
-    cams = {"cam_high": _image(rng, (3, 48, 64), "u8"), "cam_left_wrist": _image(rng, (3, 24, 32), "u8")}
+    cams = {"cam_high": robot_inputs.image(rng, (3, 48, 64), "u8"), "cam_left_wrist": robot_inputs.image(rng, (3, 24, 32), "u8")}
     cases = {"serve": {"images": cams, "state": aloha(14), "prompt": "fold the towel"},
              "train": {"images": cams, "state": aloha(14), "actions": aloha((HORIZON, 14)), "prompt": "fold"}}  # fmt: skip
     for name, obs in cases.items():
@@ -368,7 +262,7 @@ def _pistar_part(args, tok, rng, assets, fixture, meta):
         transforms.Normalize(norm_stats, use_quantiles=data_config.use_quantile_norm),
         *model_tf.inputs,
     ])
-    obs0 = next(iter(_serve_cases(np.random.default_rng(7), tiny=True).values()))
+    obs0 = next(iter(robot_inputs.serve_cases(np.random.default_rng(7), tiny=True).values()))
     try:
         plain({**_copy(obs0), "adv_ind": "positive"})
         meta["pistar_aloha_inputs_drops_adv_ind"] = "no error"
@@ -393,7 +287,7 @@ def _pistar_part(args, tok, rng, assets, fixture, meta):
     ])
     meta["pistar"] = {"max_token_len": model.max_token_len, "adv_ind_dropout": False,
                       "input_transforms": [type(t).__name__ for t in inputs.transforms]}  # fmt: skip
-    cases = _serve_cases(np.random.default_rng(11), tiny=True)
+    cases = robot_inputs.serve_cases(np.random.default_rng(11), tiny=True)
     for (name, obs), adv in zip(cases.items(), ("positive", "negative", "none", "positive")):
         obs = {**obs, "adv_ind": adv}
         fixture.update(_flatten(obs, f"pistar/{name}/in"))
@@ -429,7 +323,7 @@ def main() -> None:
         fixture: dict[str, np.ndarray] = {}
         meta: dict = {}
         _, _, _, normalize = _import_openpi(args.openpi, tok)
-        stats = {k: normalize.NormStats(**{f: np.asarray(v) for f, v in s.items()}) for k, s in _norm_stats(rng).items()}
+        stats = {k: normalize.NormStats(**{f: np.asarray(v) for f, v in s.items()}) for k, s in robot_inputs.norm_stats(rng).items()}
         normalize.save(assets / "trossen", stats)
         shutil.copy(assets / "trossen/norm_stats.json", args.out / "norm_stats.json")
         zscore = {k: normalize.NormStats(mean=v.mean, std=v.std) for k, v in stats.items()}  # pi0: q01/q99 null
