@@ -248,7 +248,7 @@ class TokenizePrompt:
         out = dict(data)
         prompt = out.pop("prompt", None)
         if prompt is None:
-            raise ValueError("TokenizePrompt: the sample has no prompt (add InjectDefaultPrompt)")
+            raise ValueError("no prompt: the observation has none and the policy config sets no default_prompt (send `prompt`)")
         prompt = prompt.item() if isinstance(prompt, np.ndarray) else prompt
         adv_ind = _as_str(out.pop("adv_ind", None))
         if adv_ind is None and self.adv_ind_required:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from recap_ray import transforms, trossen
-from recap_ray.configs import policy
+from recap_ray.configs import policy, registry
 from recap_ray.data.norm_stats import NormStats
 from recap_ray.models import tokenizer
 
@@ -53,6 +53,17 @@ def test_trossen_actions_round_trip_and_width_check():
     sample = {"images": {"cam_high": np.zeros((3, 8, 8), np.uint8)}, "state": np.zeros(16, np.float32)}
     with pytest.raises(ValueError, match="adapt_to_pi: the state is 16 wide"):
         transforms.AlohaInputs(adapt_to_pi=True)(sample)
+
+
+def test_a_config_without_default_prompt_names_the_missing_prompt(sentencepiece_model):
+    """pi06_aloha takes its task text from the data: an observation without one is refused by name."""
+    config = registry.get("pi06_aloha_infer")
+    tok = tokenizer.PromptTokenizer(sentencepiece_model, config.model.max_token_len)
+    pipeline = transforms.policy_inputs(config.model, _stats(), tok, default_prompt=config.default_prompt, repack=False,
+                                        adapt_to_pi=config.adapt_to_pi)  # fmt: skip
+    sample = {"images": {"cam_high": np.zeros((3, 8, 8), np.uint8)}, "state": np.full(14, 0.5, np.float32)}
+    with pytest.raises(ValueError, match="no prompt: the observation has none and the policy config sets no default_prompt"):
+        pipeline(sample)
 
 
 def test_resize_with_pad():
