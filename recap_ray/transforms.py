@@ -43,6 +43,7 @@ YAM_REPACK: dict[str, str] = {
 # 14-dim bimanual layout: [left joints 6, left gripper, right joints 6, right gripper].
 ALOHA_DELTA_MASK: tuple[bool, ...] = (True,) * 6 + (False,) + (True,) * 6 + (False,)
 
+
 @dataclasses.dataclass(frozen=True)
 class Compose:
     """Apply transforms in order."""

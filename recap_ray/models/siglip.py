@@ -55,7 +55,7 @@ class SiglipConfig:
     @classmethod
     def so400m(cls, num_classes: int | None = None, **kw: object) -> SiglipConfig:
         """So400m/14 at 224px: width 1152, depth 27, mlp 4304, 16 heads (256 tokens)."""
-        return cls(width=1152, depth=27, mlp_dim=4304, num_heads=16, num_classes=num_classes, **kw)
+        return cls.from_variant("So400m/14", num_classes, **kw)
 
     @classmethod
     def tiny(cls, num_classes: int | None = None, **kw: object) -> SiglipConfig:
