@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from recap_ray.models import gemma, pi05_config, siglip
+from recap_ray.models import augment, gemma, pi05_config, siglip
 
 Observation = dict[str, Any]
 
@@ -113,10 +113,13 @@ class Pi05(nnx.Module):
             per_sample = per_sample * 0.5 * jnp.exp(-0.5 * (1 - t))
         return jnp.mean(per_sample)
 
-    def compute_loss(self, rng: jax.Array, obs: Observation, actions: jax.Array) -> jax.Array:
-        """Flow-matching loss with eps ~ N(0, I) and t ~ 0.999 Beta(1.5, 1) + 0.001."""
-        noise_rng, time_rng = jax.random.split(rng)
-        noise = jax.random.normal(noise_rng, actions.shape, actions.dtype)
+    def compute_loss(self, rng: jax.Array, obs: Observation, actions: jax.Array, *, train: bool = False) -> jax.Array:
+        """openpi's compute_loss: rng splits into (augmentation, noise, time); train=True augments the images
+        (`augment`); eps ~ N(0, I), t ~ 0.999 Beta(1.5, 1) + 0.001. The same key gives openpi's draws."""
+        augment_rng, noise_rng, time_rng = jax.random.split(rng, 3)
+        if train:
+            obs = {**obs, "images": augment.augment(augment_rng, obs["images"])}
+        noise = jax.random.normal(noise_rng, actions.shape)
         return self.loss(obs, actions, noise, sample_time(time_rng, actions.shape[0]))
 
     def prefill(self, obs: Observation) -> tuple[gemma.KVCache, jax.Array]:

@@ -18,7 +18,8 @@ import optax
 from flax import nnx
 
 from recap_ray.models import value as value_lib
-from recap_ray.models import c51, value_augment
+from recap_ray.models import augment as augment_lib
+from recap_ray.models import c51
 from recap_ray.train import state as state_lib
 
 Batch = dict[str, Any]
@@ -86,12 +87,14 @@ def make_step(
 def value_loss(cameras: tuple[str, ...], augment: bool) -> LossFn:
     """C51 cross-entropy on {images (B,C,S,S,3) in [-1,1], image_masks, tokens, token_mask, value_label}.
 
-    Augmentation (pistar's compute_loss(train=True)): crop/resize/rotate non-wrist cameras, colour
-    jitter on all, keyed by the step's RNG.
+    Augmentation as pistar's compute_loss(train=True): openpi's preprocessing, keyed by the step's RNG itself.
     """
 
     def loss(model: nnx.Module, rng: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-        images = value_augment.augment(rng, batch["images"], cameras) if augment else batch["images"]
+        images = batch["images"]
+        if augment:
+            out = augment_lib.augment(rng, {name: images[:, i] for i, name in enumerate(cameras)})
+            images = jnp.stack([out[name] for name in cameras], axis=1)
         logits = model(images, batch["image_masks"], batch["tokens"], batch["token_mask"])
         values = c51.expected_value(logits, model.config.v_min, model.config.v_max)
         return c51.cross_entropy(logits, batch["value_label"]), {"values": values}
@@ -100,20 +103,11 @@ def value_loss(cameras: tuple[str, ...], augment: bool) -> LossFn:
 
 
 def policy_loss(augment: bool) -> LossFn:
-    """pi0.5 flow matching on an openpi observation batch plus `actions` (B, H, D).
+    """pi0.5 flow matching on an openpi observation batch plus `actions` (B, H, D): openpi's
+    compute_loss(rng, train=augment), so one key gives openpi's augmentation, noise and times."""
 
-    Augmentation (openpi's training preprocessing): non-wrist cameras get crop 95%, resize back,
-    rotate +-5 degrees; every camera gets colour jitter.
-    """
-
-    def loss(model: nnx.Module, rng: jax.Array, batch: Batch) -> jax.Array:
-        aug_rng, loss_rng = jax.random.split(rng)
+    def loss(model: nnx.Module, rng: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
         obs = {k: v for k, v in batch.items() if k != "actions"}
-        if augment:
-            names = tuple(sorted(obs["images"]))
-            stacked = jnp.stack([obs["images"][n] for n in names], axis=1)
-            out = value_augment.augment(aug_rng, stacked, names)
-            obs["images"] = {n: out[:, i] for i, n in enumerate(names)}
-        return model.compute_loss(loss_rng, obs, batch["actions"]), {}
+        return model.compute_loss(rng, obs, batch["actions"], train=augment), {}
 
     return loss

@@ -28,10 +28,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from recap_ray.models import gemma, lora, pi05, pi05_config, tokenizer, weights
+from recap_ray.models import gemma, lora, pi05_config, tokenizer, weights
 
 FIXTURE = Path(__file__).parent / "fixtures" / "openpi_pi05"
 META = json.loads((FIXTURE / "meta.json").read_text())
+AUGMENT = Path(__file__).parent / "fixtures" / "openpi_augment"
+AUGMENT_META = json.loads((AUGMENT / "meta.json").read_text())
 RTOL, ATOL = 1e-4, 1e-5
 
 CONFIG = pi05_config.Pi05Config(
@@ -168,14 +170,20 @@ def test_loss_per_step(model, obs, inputs, outputs):
     _close(model.loss(obs, actions, noise, t), outputs["loss"].mean())
 
 
-def test_compute_loss_draws_match_openpi(inputs, outputs):
-    """openpi splits its rng in 3 (augmentation, noise, time); our time sampler gives its t from the third key.
+def test_compute_loss_splits_its_key_as_openpi(model, obs, inputs, outputs):
+    """openpi's compute_loss(rng) splits rng in 3 (augmentation, noise, time); ours, given the same key, draws the
+    same noise and times, so it gives openpi's loss."""
+    rng = jax.random.key(int(inputs["loss_rng_seed"]))
+    _close(model.compute_loss(rng, obs, jnp.asarray(inputs["actions"])), outputs["loss"].mean())
 
-    (Our compute_loss splits in 2, so the same key gives other draws: a convention, not a semantic difference.)
-    """
-    _, noise_rng, time_rng = jax.random.split(jax.random.key(int(inputs["loss_rng_seed"])), 3)
-    _close(jax.random.normal(noise_rng, outputs["loss_noise"].shape), outputs["loss_noise"])
-    _close(pi05.sample_time(time_rng, outputs["loss_time"].shape[0]), outputs["loss_time"])
+
+@pytest.mark.parametrize("seed", AUGMENT_META["loss_seeds"])
+@pytest.mark.parametrize("train", [True, False])
+def test_training_loss_with_augmentation_as_openpi(model, obs, inputs, seed, train):
+    """openpi's compute_loss(key, train=True) augments the images (openpi_augment fixture, make_openpi_augment_fixture.py):
+    the same key gives our loss the same augmented images, noise and times."""
+    ref = np.load(AUGMENT / "loss.npz")[f"loss_seed{seed}_{'train' if train else 'eval'}"]
+    _close(model.compute_loss(jax.random.key(seed), obs, jnp.asarray(inputs["actions"]), train=train), ref.mean())
 
 
 def test_pistar_weighted_loss(model, obs, inputs, outputs):
