@@ -6,7 +6,7 @@ outside; every camera gets ColorJitter(brightness 0.3, contrast 0.4, saturation 
 brightness and contrast move V along augmax's invertible curves, hue shifts H, and the saturation amount is
 drawn but never applied (augmax discards it). Nothing is clipped (every step maps [0, 1] into itself).
 
-The random stream is openpi's too, so one key gives openpi's images (tests/models/test_openpi_augment_parity.py):
+The random stream is openpi's too, so one key gives openpi's images (tests/models/test_openpi_training_parity.py):
 sample b of every camera uses split(key, B)[b] (openpi reuses one key for all cameras, so cameras of a kind get
 the same draws: a sample's two wrist cameras share their jitter), and inside it augmax's chains split and draw
 in augmax's order. pistar's value model trains with the same function and the same key protocol.

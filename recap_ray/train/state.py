@@ -55,6 +55,13 @@ def create(
     return graphdef, state
 
 
+def cast_frozen(model: nnx.Module, frozen: nnx.filterlib.Filter) -> nnx.Module:
+    """Cast the parameters `frozen` selects to bfloat16 in place, as openpi's init_train_state does (LoRA runs:
+    the frozen base costs half the memory; the trainable leaves keep their precision)."""
+    nnx.update(model, jax.tree.map(lambda x: x.astype(jnp.bfloat16), nnx.state(model, frozen)))
+    return model
+
+
 def model(graphdef: nnx.GraphDef, state: TrainState, *, ema: bool = False) -> nnx.Module:
     """The model with the state's weights (the EMA weights when `ema` and the run keeps them)."""
     params = state.ema if ema and state.ema is not None else state.params

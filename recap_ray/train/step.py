@@ -3,7 +3,8 @@
 A loss takes (model, rng, batch) and returns (scalar, aux): aux arrays (per-example values for
 histograms) come out with the metrics. The step differentiates it with respect to
 the trainable parameters only, clips and applies AdamW, updates the EMA, and reports loss, grad
-norm, parameter norm and learning rate. Gradient accumulation splits the batch into interleaved
+norm, parameter norm (openpi's: weight matrices only) and learning rate; with the step's key
+fold_in(rng, step) it is openpi's train_step, number for number (tests/models/test_openpi_training_parity.py). Gradient accumulation splits the batch into interleaved
 micro-batches (row i goes to micro-batch i % k), so every micro-batch stays spread over all
 devices and the mean over micro-batches equals the mean over the batch.
 """
@@ -35,6 +36,19 @@ def micro_batches(batch: Batch, k: int) -> Batch:
         return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
 
     return jax.tree.map(one, batch)
+
+
+NOT_KERNELS = ("bias", "scale", "pos_embedding", "input_embedding")
+
+
+def kernel_norm(*states: nnx.State) -> jax.Array:
+    """openpi's `param_norm`: the global norm of the model's weight matrices (leaves of 2+ dims not named
+    bias, scale, pos_embedding or input_embedding), frozen ones included, so the curves compare with openpi's."""
+    def is_kernel(path: tuple[Any, ...], leaf: jax.Array) -> bool:
+        names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]  # nnx adds a trailing `.value`
+        return leaf.ndim > 1 and names[-1] not in NOT_KERNELS
+
+    return optax.tree.norm([x for s in states for p, x in jax.tree_util.tree_leaves_with_path(s) if is_kernel(p, x)])
 
 
 def make_step(
@@ -74,7 +88,7 @@ def make_step(
         metrics = {
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),
-            "param_norm": optax.tree.norm(params),
+            "param_norm": kernel_norm(params, state.frozen),
             "learning_rate": lr_schedule(state.step),
             **aux,
         }

@@ -12,7 +12,6 @@ import logging
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from flax import nnx
@@ -223,9 +222,7 @@ class PolicyTask:
             if checkpoints.is_run_dir(path) or (path / checkpoints.PARAMS_ITEM).is_dir():
                 source = str(checkpoints.params_dir(checkpoints.resolve(path)))
             weights.load_into(model, source)  # anything else is an openpi params/ dir, as given
-        frozen = nnx.state(model, self.config.model.frozen_filter())
-        nnx.update(model, jax.tree.map(lambda x: x.astype(jnp.bfloat16), frozen))
-        return model
+        return state_lib.cast_frozen(model, self.config.model.frozen_filter())
 
     def check_init(self, flag: str = "--init") -> None:
         """Raise before training starts when the initial weights (`flag`, else the config's) are not there

@@ -1,4 +1,4 @@
-"""Training augmentation: properties and hand-computed curves (openpi parity: test_openpi_augment_parity.py)."""
+"""Training augmentation: properties and hand-computed curves (openpi parity: test_openpi_training_parity.py)."""
 
 from __future__ import annotations
 
