@@ -94,7 +94,9 @@ def _jitter(key: jax.Array, image: jax.Array, config: AugmentConfig) -> jax.Arra
     """augmax ColorJitter on one (H, W, 3) image: one draw of each amount for the whole image."""
     strengths = (config.brightness, config.contrast, config.hue, config.saturation)  # augmax's order of ops
     n_keys = sum(s > 0 for s in strengths) + (config.jitter_probability < 1)
-    keys = jax.random.split(key, n_keys)  # paired with the ops by position, as augmax's zip does
+    # augmax zips the ops with these keys by position: an op past the last key never runs (only when some
+    # strengths are 0), and the saturation op, last, draws and is discarded, so it is left out here
+    keys = jax.random.split(key, n_keys)
     hue, saturation, value = _rgb_to_hsv(image)
     for i, (op, strength) in enumerate(zip(("brightness", "contrast", "hue"), strengths)):
         if strength <= 0 or i >= n_keys:
@@ -126,9 +128,12 @@ def augment(
     key: jax.Array, images: Mapping[str, jax.Array], config: AugmentConfig = AugmentConfig()
 ) -> dict[str, jax.Array]:
     """{camera: (B, H, W, 3) in [-1, 1]} -> the same, augmented; sample b of every camera uses split(key, B)[b]."""
+    batch = {name: image.shape[0] for name, image in images.items()}
+    if len(set(batch.values())) > 1:
+        raise ValueError(f"augment: cameras differ in batch size {batch}")
+    keys = jax.random.split(key, next(iter(batch.values()), 0))
     out = {}
     for name, image in images.items():
-        keys = jax.random.split(key, image.shape[0])
         one = lambda k, im, geo="wrist" not in name: _one_sample(k, im, geo, config)  # noqa: E731
         x = image.astype(jnp.float32) / 2.0 + 0.5
         out[name] = (jax.vmap(one)(keys, x) * 2.0 - 1.0).astype(image.dtype)

@@ -177,8 +177,10 @@ def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_
     with dataset_mod.open(job.dataset) as ds:
         maker = task.sample_maker(ds)
         assets = task.assets(ds)
+    frozen_norm = float(jax.jit(step_lib.kernel_norm, out_shardings=sharding.replicated(mesh))(state.frozen))
     train_step = jax.jit(
-        step_lib.make_step(graphdef, tx, task.loss(), optim.schedule(opt_config), ema_decay=task.ema_decay, grad_accum=job.grad_accum),
+        step_lib.make_step(graphdef, tx, task.loss(), optim.schedule(opt_config), ema_decay=task.ema_decay,
+                           grad_accum=job.grad_accum, frozen_kernel_norm=frozen_norm),  # fmt: skip
         in_shardings=(shardings, sharding.data_sharding(mesh)),
         out_shardings=(shardings, sharding.replicated(mesh)),
         donate_argnums=0,

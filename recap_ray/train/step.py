@@ -3,10 +3,11 @@
 A loss takes (model, rng, batch) and returns (scalar, aux): aux arrays (per-example values for
 histograms) come out with the metrics. The step differentiates it with respect to
 the trainable parameters only, clips and applies AdamW, updates the EMA, and reports loss, grad
-norm, parameter norm (openpi's: weight matrices only) and learning rate; with the step's key
-fold_in(rng, step) it is openpi's train_step, number for number (tests/models/test_openpi_training_parity.py). Gradient accumulation splits the batch into interleaved
-micro-batches (row i goes to micro-batch i % k), so every micro-batch stays spread over all
-devices and the mean over micro-batches equals the mean over the batch.
+norm, parameter norm (openpi's: weight matrices only) and learning rate. With the step's key
+fold_in(rng, step) it is openpi's train_step, number for number (test_openpi_training_parity.py).
+Gradient accumulation splits the batch into interleaved micro-batches (row i goes to micro-batch
+i % k), so every micro-batch stays spread over all devices and the mean over micro-batches equals
+the mean over the batch.
 """
 
 from __future__ import annotations
@@ -41,14 +42,17 @@ def micro_batches(batch: Batch, k: int) -> Batch:
 NOT_KERNELS = ("bias", "scale", "pos_embedding", "input_embedding")
 
 
-def kernel_norm(*states: nnx.State) -> jax.Array:
-    """openpi's `param_norm`: the global norm of the model's weight matrices (leaves of 2+ dims not named
-    bias, scale, pos_embedding or input_embedding), frozen ones included, so the curves compare with openpi's."""
+def kernel_norm(state: nnx.State) -> jax.Array:
+    """openpi's `param_norm` of these parameters: the global norm of the weight matrices (leaves of 2+ dims
+    not named bias, scale, pos_embedding or input_embedding)."""
+
     def is_kernel(path: tuple[Any, ...], leaf: jax.Array) -> bool:
         names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]  # nnx adds a trailing `.value`
         return leaf.ndim > 1 and names[-1] not in NOT_KERNELS
 
-    return optax.tree.norm([x for s in states for p, x in jax.tree_util.tree_leaves_with_path(s) if is_kernel(p, x)])
+    # summed in float32: a bfloat16 (frozen) base alone would round the norm to bfloat16
+    kernels = [x.astype(jnp.float32) for p, x in jax.tree_util.tree_leaves_with_path(state) if is_kernel(p, x)]
+    return optax.tree.norm(kernels)
 
 
 def make_step(
@@ -59,8 +63,13 @@ def make_step(
     *,
     ema_decay: float | None,
     grad_accum: int = 1,
+    frozen_kernel_norm: float = 0.0,
 ) -> Callable[[state_lib.TrainState, Batch], tuple[state_lib.TrainState, dict[str, jax.Array]]]:
-    """The (state, batch) -> (state, metrics) step; jit it with the shardings of the caller's mesh."""
+    """The (state, batch) -> (state, metrics) step; jit it with the shardings of the caller's mesh.
+
+    param_norm counts the frozen weights as openpi's does; they never move, so the caller measures their part
+    once (`kernel_norm(state.frozen)`) instead of every step re-reading the frozen base.
+    """
 
     def loss_and_grad(params: nnx.State, frozen: nnx.State, rng: jax.Array, batch: Batch) -> tuple[Any, Any]:
         def loss_of(p: nnx.State) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -88,7 +97,7 @@ def make_step(
         metrics = {
             "loss": loss,
             "grad_norm": optax.tree.norm(grads),
-            "param_norm": kernel_norm(params, state.frozen),
+            "param_norm": jnp.sqrt(kernel_norm(params) ** 2 + frozen_kernel_norm**2),
             "learning_rate": lr_schedule(state.step),
             **aux,
         }

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 import make_openpi_fixture as base  # beside this script: its stand-ins, patches and the tiny model's inputs
+from leaf_moves import leaf_moves
 
 OUT = base.REPO / "tests" / "models" / "fixtures" / "openpi_training"
 CAMERAS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
@@ -89,17 +90,12 @@ def loss_cases() -> dict[str, np.ndarray]:
 
 
 def leaf_changes(before: dict, after: dict, prefix: str) -> dict[str, np.ndarray]:
-    """Per leaf (sorted '/'-joined paths): |after - before| and its dot products with fixed random vectors."""
+    """Per leaf of two pure dicts: how far it moved (`leaf_moves`), as arrays named with `prefix`."""
     import flax
 
     flat_b, flat_a = (flax.traverse_util.flatten_dict(t, sep="/") for t in (before, after))
-    names = sorted(flat_b)
-    norms, projections = [], []
-    for i, name in enumerate(names):
-        delta = (np.asarray(flat_a[name], np.float64) - np.asarray(flat_b[name], np.float64)).ravel()
-        norms.append(np.linalg.norm(delta))
-        projections.append([delta @ np.random.default_rng([i, j]).standard_normal(delta.size) for j in range(PROJECTIONS)])
-    return {f"{prefix}names": np.array(names), f"{prefix}norm": np.array(norms), f"{prefix}proj": np.array(projections)}
+    names, norms, dots = leaf_moves(flat_b, flat_a, PROJECTIONS)
+    return {f"{prefix}names": np.array(names), f"{prefix}norm": norms, f"{prefix}proj": dots}
 
 
 def step_cases(train_py: Path, lora: bool) -> dict[str, np.ndarray]:

@@ -8,6 +8,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from recap_ray.models import augment as aug
 
@@ -76,3 +77,8 @@ def test_jitter_curves_hand_computed():
     np.testing.assert_allclose(float(aug._contrast(jnp.array(0.1), jnp.array(0.4))), 0.1 / slant, rtol=1e-5)
     h, s, v = aug._rgb_to_hsv(jnp.array([[1.0, 0.5, 0.0]]))  # orange: hue 30 deg = 1/12 turn
     np.testing.assert_allclose([float(h[0]), float(s[0]), float(v[0])], [1 / 12, 1.0, 1.0], rtol=1e-6)
+
+
+def test_cameras_of_different_batch_sizes_are_refused_by_name():
+    with pytest.raises(ValueError, match="base_0_rgb.*2.*wrist_0_rgb.*3"):
+        aug.augment(jax.random.key(0), {"base_0_rgb": _images(batch=2), "wrist_0_rgb": _images(batch=3)})

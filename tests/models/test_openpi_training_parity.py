@@ -31,6 +31,7 @@ from recap_ray.models import augment, gemma, weights
 from recap_ray.train import optim
 from recap_ray.train import state as state_lib
 from recap_ray.train import step as step_lib
+from tests.interop.leaf_moves import leaf_moves
 from tests.models.test_openpi_parity import CONFIG, DUMMY_LORA, FIXTURE as PI05, _close, _load, load_lora_model, make_obs
 
 FIXTURE = Path(__file__).parent / "fixtures" / "openpi_training"
@@ -88,25 +89,13 @@ def test_training_loss_as_openpi(model, obs, inputs, seed, train):
     _close(model.compute_loss(jax.random.key(seed), obs, jnp.asarray(inputs["actions"]), train=train), ref.mean())
 
 
-def _leaf_changes(before: dict, after: dict) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """What the generator kept: per sorted leaf, |after - before| and dot products with its fixed vectors."""
-    flat_b, flat_a = weights.flatten(before), weights.flatten(after)
-    names = sorted(flat_b)
-    norms, projections = [], []
-    for i, name in enumerate(names):
-        delta = (np.asarray(flat_a[name], np.float64) - np.asarray(flat_b[name], np.float64)).ravel()
-        norms.append(np.linalg.norm(delta))
-        projections.append([delta @ np.random.default_rng([i, j]).standard_normal(delta.size) for j in range(META["projections"])])  # fmt: skip
-    return names, np.array(norms), np.array(projections)
-
-
 # Attention key biases cannot change a softmax over keys (they add one constant per query), so their exact
 # gradient is zero and what they get is rounding noise, which AdamW scales up to moves of ~lr: not reproducible.
 ZERO_GRADIENT = "MultiHeadDotProductAttention_0/key/bias"
 
 
 def _check_changes(prefix: str, before: dict, after: dict) -> None:
-    names, norms, projections = _leaf_changes(before, after)
+    names, norms, projections = leaf_moves(weights.flatten(before), weights.flatten(after), META["projections"])
     assert names == list(STEPS[f"{prefix}names"])
     ref_norm, ref_proj = STEPS[f"{prefix}norm"], STEPS[f"{prefix}proj"]
     for i, name in enumerate(names):
@@ -129,7 +118,8 @@ def test_three_training_steps_as_openpi(lora, monkeypatch, obs, inputs):
     graphdef, state = state_lib.create(net, config.trainable_filter(), tx, use_ema=not lora, seed=0)
     state = state.replace(rng=jax.random.key_data(jax.random.key(META["step_seed"])))
     step = jax.jit(step_lib.make_step(graphdef, tx, step_lib.policy_loss(augment=True), optim.schedule(opt),
-                                      ema_decay=None if lora else META["ema_decay"]))  # fmt: skip
+                                      ema_decay=None if lora else META["ema_decay"],
+                                      frozen_kernel_norm=float(step_lib.kernel_norm(state.frozen))))  # fmt: skip
     batch = {**obs, "actions": jnp.asarray(inputs["actions"])}
     before = state_lib.full_params(graphdef, state)
     prefix = "lora_" if lora else "full_"
