@@ -1,7 +1,8 @@
 """Write tests/models/fixtures/pistar_value/ by running pistar-world's OWN value-model code.
 
 Not a test (pytest does not collect it): `tests/models/test_pistar_parity.py` reads what it writes, so
-CI needs no upstream code. Nothing of pistar is copied here; this script imports it from a checkout.
+CI needs no upstream code. make_pistar_training_fixture.py reuses its `setup` (the tiny sizes) and
+`observation`. Nothing of pistar is copied here; this script imports it from a checkout.
 
 What it runs, all from ybpy/pistar-world c79186d667d87e10cd1a3e9ee924242753e0ee48:
 - `openpi.models.value_model_config.ValueModelConfig(...).create(key)`: the real `ValueModel`
@@ -160,25 +161,48 @@ def _images(rng, batch: int):
     return np.repeat(np.repeat(small, 4, axis=1), 4, axis=2)
 
 
-def main(pistar_root: Path, out: Path) -> None:
+def observation(images_u8: dict, masks: dict, tokens, token_mask, action_dim: int):
+    """pistar's model input: `Observation.from_dict` (uint8 -> float32 in [-1, 1]) of the fixture's arrays."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from openpi.models import model as _model
+
+    data = {
+        "image": {cam: images_u8[cam].copy() for cam in CAMERAS},
+        "image_mask": {cam: masks[cam] for cam in CAMERAS},
+        "state": np.zeros((len(tokens), action_dim), np.float32),
+        "tokenized_prompt": tokens,
+        "tokenized_prompt_mask": token_mask,
+    }
+    return jax.tree.map(jnp.asarray, _model.Observation.from_dict(data))
+
+
+@dataclasses.dataclass
+class TinyPistar:
+    """pistar's value-model configs at the fixture's tiny size, and the real sizes recorded before patching."""
+
+    cfg32: object  # vmc.ValueModelConfig(dtype="float32")
+    cfg16: object  # pistar's default dtype (bfloat16 SigLIP)
+    tiny: object  # the tiny Gemma3 config
+    tower: dict  # the SigLIP variant's sizes
+    real: dict  # Gemma3-270M / So400m sizes of the unpatched code
+
+
+def setup(pistar_root: Path) -> TinyPistar:
+    """Put pistar-world on sys.path (with the stand-ins) and patch it to the tiny sizes (module docstring)."""
     pistar_root = pistar_root.resolve()
     sys.path[:0] = [str(pistar_root / d) for d in ("src", "packages/openpi-client/src", "gemma")]
     _stand_ins()
 
     import flax.nnx as nnx
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    import optax
     from gemma.gm.nn import _config as gemma_config
     from gemma.gm.nn import _gemma
-    from openpi_client import image_tools
 
     from openpi.models import model as _model
     from openpi.models import siglip as _siglip
     from openpi.models import value_model as vm
     from openpi.models import value_model_config as vmc
-    from openpi.shared import console
 
     # --- the real sizes (recorded so the test can hold our `value` config to them), before patching
     real_llm = _gemma.Gemma3_270M.config
@@ -222,6 +246,24 @@ def main(pistar_root: Path, out: Path) -> None:
     cfg16 = vmc.ValueModelConfig(siglip_variant=SIGLIP_VARIANT)  # pistar's default dtype: bfloat16
     assert (cfg32.embed_dim, cfg32.vocab_size, cfg32.max_token_len) == (32, VOCAB, 48), cfg32
     assert cfg16.dtype == "bfloat16"
+    return TinyPistar(cfg32, cfg16, tiny, tower, real)
+
+
+def main(pistar_root: Path, out: Path) -> None:
+    pistar_root = pistar_root.resolve()
+    pistar = setup(pistar_root)
+    cfg32, cfg16, tiny, tower, real = pistar.cfg32, pistar.cfg16, pistar.tiny, pistar.tower, pistar.real
+
+    import flax.nnx as nnx
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from openpi_client import image_tools
+
+    from openpi.models import model as _model
+    from openpi.models import value_model as vm
+    from openpi.shared import console
 
     model = cfg32.create(jax.random.key(SEED))
     params = nnx.state(model)  # create_train_state: params = nnx.state(model)
@@ -260,18 +302,7 @@ def main(pistar_root: Path, out: Path) -> None:
     targets = np.asarray(TARGETS, np.float32)
     target_dist = np.asarray(jax.nn.softmax(jnp.asarray(rng.normal(size=(BATCH, vm.NUM_ATOMS)), jnp.float32)))
 
-    def observation():
-        data = {
-            "image": {cam: images_u8[cam].copy() for cam in CAMERAS},
-            "image_mask": {cam: masks[cam] for cam in CAMERAS},
-            "state": np.zeros((BATCH, cfg32.action_dim), np.float32),
-            "tokenized_prompt": tokens,
-            "tokenized_prompt_mask": token_mask,
-        }
-        obs = _model.Observation.from_dict(data)  # uint8 -> float32 in [-1, 1]
-        return jax.tree.map(jnp.asarray, obs)
-
-    obs = observation()
+    obs = observation(images_u8, masks, tokens, token_mask, cfg32.action_dim)
     key = jax.random.key(0)
 
     def run(m) -> dict[str, np.ndarray]:
