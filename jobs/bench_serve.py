@@ -77,12 +77,6 @@ class BenchConfig:
     model a chunk time like pi0.6's on an H200, so the served/in-process ratio means the same thing)."""
 
 
-def _observation(side: int, state_dim: int, prompt: str) -> dict[str, Any]:
-    rng = np.random.default_rng(0)
-    images = {c: rng.integers(0, 256, (3, side, side), np.uint8) for c in ("cam_high", "cam_left_wrist", "cam_right_wrist")}
-    return {"images": images, "state": rng.uniform(-1, 1, state_dim).astype(np.float32), "prompt": prompt}
-
-
 def random_checkpoint(config_name: str, tokenizer: Path, root: Path) -> Path:
     """A step directory with random bf16 weights, unit norm stats (14 dims) and `tokenizer`."""
     config = policy.infer_config(config_name)
@@ -216,7 +210,7 @@ def main(bench: BenchConfig) -> dict[str, Any]:
                 raise ValueError("random weights need --tokenizer (a sentencepiece model matching the config's vocab)")
             checkpoint = random_checkpoint(bench.config, bench.tokenizer, Path(tmp))
         stats = norm_stats.load(checkpoints.norm_stats_file(checkpoints.resolve(checkpoint), config.asset_id))
-        obs = _observation(bench.image_side, len(stats["state"].q01), config.default_prompt or "do something")
+        obs = policy.example_observation(len(stats["state"].q01), config.default_prompt, side=bench.image_side)
         local = in_process(bench, checkpoint, obs)
         gc.collect()
         remote = {mode: served(bench, checkpoint, obs, num_gpus, mode == "direct") for mode in bench.ingress}

@@ -34,6 +34,15 @@ logger = logging.getLogger(__name__)
 ADV_IND = "positive"  # the advantage indicator every served request is conditioned on
 
 
+def example_observation(state_dim: int, prompt: str | None, side: int = 224, seed: int = 0) -> dict[str, Any]:
+    """A valid random observation, for warm-up and benchmarks: three side x side CHW uint8 Aloha cameras, a state in
+    [-1, 1], and `prompt` (a placeholder when the config has no default prompt)."""
+    rng = np.random.default_rng(seed)
+    images = {c: rng.integers(0, 256, (3, side, side), np.uint8) for c in ("cam_high", "cam_left_wrist", "cam_right_wrist")}
+    return {"images": images, "state": rng.uniform(-1, 1, state_dim).astype(np.float32),
+            "prompt": prompt or "do something"}  # fmt: skip
+
+
 @dataclasses.dataclass(frozen=True)
 class ForceAdvantage:
     """Replace the sample's `adv_ind` by `value` (None: drop it, the unconditional prompt)."""
@@ -218,11 +227,8 @@ class Policy:
         return answer
 
     def example(self, seed: int = 0) -> dict[str, Any]:
-        """A valid random observation (three 224x224 CHW uint8 cameras) for warm-up and benchmarks."""
-        rng = np.random.default_rng(seed)
-        images = {c: rng.integers(0, 256, (3, 224, 224), np.uint8) for c in ("cam_high", "cam_left_wrist", "cam_right_wrist")}
-        return {"images": images, "state": rng.uniform(-1, 1, self.spec.state_dim).astype(np.float32),
-                "prompt": self.config.default_prompt or "do something"}  # fmt: skip
+        """A valid random observation for warm-up (`example_observation` of this policy's sizes)."""
+        return example_observation(self.spec.state_dim, self.config.default_prompt, seed=seed)
 
     def warmup(self) -> None:
         """Compile every batch bucket now, so no request waits for XLA."""
