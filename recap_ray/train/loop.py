@@ -84,6 +84,15 @@ def _check_finite(loss: float, step: int, newest_checkpoint: int | None) -> None
         raise NonFiniteLoss(f"loss is {loss} at step {step}; the newest checkpoint is step {newest_checkpoint}")
 
 
+# absl status codes: an XLA runtime failure's message starts with one, also when it reaches Python as a ValueError
+# (a CPU collective whose peer died: "UNKNOWN: Gloo AllGather failed: ... Connection reset by peer")
+STATUS_CODES = frozenset({
+    "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE",
+    "DATA_LOSS", "UNAUTHENTICATED",
+})  # fmt: skip
+
+
 def cannot_heal(error: BaseException) -> bool:
     """Whether a restart from the newest checkpoint would meet `error` again: bad data or configuration, a
     non-finite loss, device memory exhausted. An OS error in its causes (a file system or network hiccup), a
@@ -94,7 +103,8 @@ def cannot_heal(error: BaseException) -> bool:
         seen = seen.__cause__ or seen.__context__
     if any(isinstance(e, OSError) for e in chain):
         return False
-    if isinstance(error, jax.errors.JaxRuntimeError):
+    runtime = isinstance(error, ValueError) and str(error).split(":", 1)[0] in STATUS_CODES
+    if runtime or isinstance(error, jax.errors.JaxRuntimeError):
         return "RESOURCE_EXHAUSTED" in str(error)
     return isinstance(error, (ValueError, KeyError, TypeError, samples.SampleError, NonFiniteLoss))
 
@@ -177,10 +187,12 @@ def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_
     with dataset_mod.open(job.dataset) as ds:
         maker = task.sample_maker(ds)
         assets = task.assets(ds)
-    frozen_norm = float(jax.jit(step_lib.kernel_norm, out_shardings=sharding.replicated(mesh))(state.frozen))
+    frozen_norm = jax.jit(step_lib.kernel_norm, out_shardings=sharding.replicated(mesh))  # measured once: it never moves
+    groups = {name: (f, float(frozen_norm(state.frozen.filter(f)))) for name, f in task.norm_groups().items()}
     train_step = jax.jit(
         step_lib.make_step(graphdef, tx, task.loss(), optim.schedule(opt_config), ema_decay=task.ema_decay,
-                           grad_accum=job.grad_accum, frozen_kernel_norm=frozen_norm),  # fmt: skip
+                           grad_accum=job.grad_accum, frozen_kernel_norm=float(frozen_norm(state.frozen)),
+                           norm_groups=groups),  # fmt: skip
         in_shardings=(shardings, sharding.data_sharding(mesh)),
         out_shardings=(shardings, sharding.replicated(mesh)),
         donate_argnums=0,

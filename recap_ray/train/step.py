@@ -12,7 +12,7 @@ the mean over the batch.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -64,11 +64,13 @@ def make_step(
     ema_decay: float | None,
     grad_accum: int = 1,
     frozen_kernel_norm: float = 0.0,
+    norm_groups: Mapping[str, tuple[nnx.filterlib.Filter, float]] | None = None,
 ) -> Callable[[state_lib.TrainState, Batch], tuple[state_lib.TrainState, dict[str, jax.Array]]]:
     """The (state, batch) -> (state, metrics) step; jit it with the shardings of the caller's mesh.
 
     param_norm counts the frozen weights as openpi's does; they never move, so the caller measures their part
-    once (`kernel_norm(state.frozen)`) instead of every step re-reading the frozen base.
+    once (`kernel_norm(state.frozen)`) instead of every step re-reading the frozen base. `norm_groups` adds a
+    `{name}_param_norm` per group as pistar logs them: {name: (filter, the group's frozen kernel norm)}.
     """
 
     def loss_and_grad(params: nnx.State, frozen: nnx.State, rng: jax.Array, batch: Batch) -> tuple[Any, Any]:
@@ -99,8 +101,10 @@ def make_step(
             "grad_norm": optax.tree.norm(grads),
             "param_norm": jnp.sqrt(kernel_norm(params) ** 2 + frozen_kernel_norm**2),
             "learning_rate": lr_schedule(state.step),
+            **{f"{name}_param_norm": jnp.sqrt(kernel_norm(params.filter(group)) ** 2 + frozen**2)
+               for name, (group, frozen) in (norm_groups or {}).items()},
             **aux,
-        }
+        }  # fmt: skip
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
         return new, metrics
 

@@ -22,6 +22,7 @@ from recap_ray.data import dataset as dataset_mod
 from recap_ray.data import features as feats
 from recap_ray.data import norm_stats as norm_stats_mod
 from recap_ray.models import checkpoints, value_tokenizer, value_weights, weights
+from recap_ray.models import value as value_lib
 from recap_ray.models import tokenizer as tokenizer_mod
 from recap_ray.models.value_config import ValueModelConfig
 from recap_ray.train import optim, samples, state as state_lib, step as step_lib
@@ -83,6 +84,13 @@ class ValueTask:
 
     def loss(self) -> step_lib.LossFn:
         return step_lib.value_loss(tuple(self.config.cameras), self.config.augment)
+
+    def norm_groups(self) -> dict[str, nnx.filterlib.Filter]:
+        """The kernel norms pistar's train_value.py logs, so its curves and ours compare: SigLIP, Gemma3, the
+        heads (everything else) and the trainable weights."""
+        towers = nnx.Any(value_lib.is_img_path, value_lib.is_llm_path)
+        return {"siglip": value_lib.is_img_path, "llm": value_lib.is_llm_path, "head": nnx.Not(towers),
+                "trainable": self.trainable()}  # fmt: skip
 
     def needs(self) -> samples.Needs:
         """What the sample maker reads from the dataset (checked before training)."""
@@ -236,6 +244,10 @@ class PolicyTask:
 
     def loss(self) -> step_lib.LossFn:
         return step_lib.policy_loss(self.augment)
+
+    def norm_groups(self) -> dict[str, nnx.filterlib.Filter]:
+        """None beyond openpi's param_norm (all weight matrices), which every run logs."""
+        return {}
 
     def norm_stats(self, ds: dataset_mod.Dataset) -> Mapping[str, norm_stats_mod.NormStats]:
         if self._norm_stats is None:

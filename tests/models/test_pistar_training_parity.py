@@ -5,9 +5,10 @@ tests/interop/make_pistar_training_fixture.py: pistar's `create_train_state` (fl
 pistar_value fixture, its AdamW and warmup + cosine schedule over 10 steps, EMA 0.99) and three of its jitted
 `train_step`s on that fixture's batch, with augmentation (compute_loss(train=True)), in each freeze mode
 (`all_backbones`, pistar's default: the heads train; `siglip_only`; `none`). Ours starts from the same weights
-(loaded from that fixture's pistar checkpoint) and must report the same loss, grad norm and learning rate at
-each step, the same four kernel norms pistar logs (SigLIP, Gemma, heads, trainable; frozen weights included),
-and move every leaf and its EMA as pistar does.
+(loaded from that fixture's pistar checkpoint), through `tasks.ValueTask` (loss with augmentation, freeze filter,
+EMA decay, the norms it logs), and must report the same loss, grad norm and learning rate at each step, the same
+four kernel norms pistar logs (SigLIP, Gemma, heads, trainable; frozen weights included), and move every leaf
+and its EMA as pistar does.
 
 Measured (jax 0.10 here, 0.5.3 there, CPU): loss to 6e-6 and grad norm to 1.3e-4 relative, the four norms to
 2.1e-6, each leaf's move to 1.8e-4 of its size and its projections to 3.6e-3; allowed 1e-4, 1e-3, 1e-4, 1e-3,
@@ -26,7 +27,7 @@ import numpy as np
 import pytest
 
 from recap_ray.models import value_weights, weights
-from recap_ray.train import optim
+from recap_ray.train import optim, tasks
 from recap_ray.train import state as state_lib
 from recap_ray.train import step as step_lib
 from tests.interop.leaf_moves import leaf_moves
@@ -38,17 +39,6 @@ STEPS = dict(np.load(FIXTURE / "steps.npz"))
 # Attention key biases add one constant per query to the logits, which a softmax over keys ignores: their exact
 # gradient is zero, and what they get is rounding noise that AdamW scales up to moves of ~lr (not reproducible).
 ZERO_GRADIENT = ("key/bias",)
-
-
-def _group_norms(full: dict, trainable: dict) -> dict[str, float]:
-    """pistar's four logged norms of our weights: kernel norms of img/, llm/, the rest, and the trainable part."""
-    heads = {k: v for k, v in full.items() if k not in ("img", "llm")}
-    return {
-        "siglip_param_norm": float(step_lib.kernel_norm(full["img"])),
-        "llm_param_norm": float(step_lib.kernel_norm(full["llm"])),
-        "head_param_norm": float(step_lib.kernel_norm(heads)),
-        "trainable_param_norm": float(step_lib.kernel_norm(trainable)),
-    }
 
 
 def _check_moves(prefix: str, before: dict, after: dict) -> None:
@@ -87,11 +77,14 @@ def test_three_value_training_steps_as_pistar(freeze_mode, pistar_meta, batch):
     schedule = META["schedule"]
     opt = optim.pistar_value_schedule(schedule["peak_lr"], schedule["decay_lr"], schedule["num_train_steps"])
     tx = optim.optimizer(opt)
-    graphdef, state = state_lib.create(net, config.trainable_filter(), tx, use_ema=True, seed=0)
+    task = tasks.ValueTask(config, PISTAR / "tokenizer.model", init=None)
+    graphdef, state = state_lib.create(net, task.trainable(), tx, use_ema=True, seed=0)
     state = state.replace(rng=jax.random.key_data(jax.random.key(META["step_seed"])))
-    step = jax.jit(step_lib.make_step(graphdef, tx, step_lib.value_loss(tuple(config.cameras), augment=True),
-                                      optim.schedule(opt), ema_decay=META["ema_decay"],
-                                      frozen_kernel_norm=float(step_lib.kernel_norm(state.frozen))))  # fmt: skip
+    groups = {name: (f, float(step_lib.kernel_norm(state.frozen.filter(f)))) for name, f in task.norm_groups().items()}
+    assert {f"{name}_param_norm" for name in groups} == set(META["norms"])
+    step = jax.jit(step_lib.make_step(graphdef, tx, task.loss(), optim.schedule(opt), ema_decay=task.ema_decay,
+                                      frozen_kernel_norm=float(step_lib.kernel_norm(state.frozen)),
+                                      norm_groups=groups))  # fmt: skip
     before = weights.flatten(state_lib.full_params(graphdef, state))
     ref = {k: STEPS[f"{freeze_mode}_{k}"] for k in ("loss", "grad_norm", "learning_rate", *META["norms"])}
     for i in range(META["num_steps"]):
@@ -99,12 +92,11 @@ def test_three_value_training_steps_as_pistar(freeze_mode, pistar_meta, batch):
         np.testing.assert_allclose(float(metrics["learning_rate"]), ref["learning_rate"][i], rtol=1e-6)
         np.testing.assert_allclose(float(metrics["loss"]), ref["loss"][i], rtol=1e-4)
         np.testing.assert_allclose(float(metrics["grad_norm"]), ref["grad_norm"][i], rtol=1e-3)
-        norms = _group_norms(state_lib.full_params(graphdef, state), state.params)
-        for name, value in norms.items():
-            np.testing.assert_allclose(value, ref[name][i], rtol=1e-4, err_msg=f"step {i} {name}")
+        for name in META["norms"]:
+            np.testing.assert_allclose(float(metrics[name]), ref[name][i], rtol=1e-4, err_msg=f"step {i} {name}")
         # openpi's param_norm (what we log) is pistar's three group norms together
-        groups = [ref[name][i] for name in ("siglip_param_norm", "llm_param_norm", "head_param_norm")]
-        np.testing.assert_allclose(float(metrics["param_norm"]), np.linalg.norm(groups), rtol=1e-4)
+        parts = [ref[name][i] for name in ("siglip_param_norm", "llm_param_norm", "head_param_norm")]
+        np.testing.assert_allclose(float(metrics["param_norm"]), np.linalg.norm(parts), rtol=1e-4)
     _check_moves(f"{freeze_mode}_", before, weights.flatten(state_lib.full_params(graphdef, state)))
     _check_moves(f"{freeze_mode}_ema_", before, weights.flatten(state_lib.full_params(graphdef, state, ema=True)))
 

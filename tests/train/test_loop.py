@@ -158,3 +158,9 @@ def test_which_failures_a_restart_cannot_heal():
     assert not loop.cannot_heal(loop.Preempted("stopped at step 5"))
     assert loop.cannot_heal(jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 9.1GiB"))
     assert not loop.cannot_heal(jax.errors.JaxRuntimeError("INTERNAL: collective operation aborted"))
+    # what a CPU worker met when its peer was killed during a collective (an XLA status, raised as ValueError)
+    gloo = "UNKNOWN: Gloo AllGather failed: [external/gloo/gloo/transport/tcp/pair.cc:538] Read error " \
+           "[127.0.0.1]:14014: Connection reset by peer"  # fmt: skip
+    assert not loop.cannot_heal(ValueError(gloo))
+    assert loop.cannot_heal(ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.1GiB"))
+    assert loop.cannot_heal(ValueError("UNKNOWN_FIELD: not a status code"))
