@@ -187,11 +187,11 @@ def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_
     with dataset_mod.open(job.dataset) as ds:
         maker = task.sample_maker(ds)
         assets = task.assets(ds)
-    frozen_norm = jax.jit(step_lib.kernel_norm, out_shardings=sharding.replicated(mesh))  # measured once: it never moves
-    groups = {name: (f, float(frozen_norm(state.frozen.filter(f)))) for name, f in task.norm_groups().items()}
+    norm_of = jax.jit(step_lib.kernel_norm, out_shardings=sharding.replicated(mesh))  # frozen parts: measured once
+    groups = {name: (f, float(norm_of(state.frozen.filter(f)))) for name, f in task.norm_groups().items()}
     train_step = jax.jit(
         step_lib.make_step(graphdef, tx, task.loss(), optim.schedule(opt_config), ema_decay=task.ema_decay,
-                           grad_accum=job.grad_accum, frozen_kernel_norm=float(frozen_norm(state.frozen)),
+                           grad_accum=job.grad_accum, frozen_kernel_norm=float(norm_of(state.frozen)),
                            norm_groups=groups),  # fmt: skip
         in_shardings=(shardings, sharding.data_sharding(mesh)),
         out_shardings=(shardings, sharding.replicated(mesh)),
