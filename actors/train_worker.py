@@ -20,8 +20,8 @@ Preemption (Ray 2.60). A spot reclaim or pod deletion sends SIGTERM to the node'
 and kills the node's processes once the node is idle or the deadline passes; `ray drain-node` and
 the autoscaler send the same notice. Ray Train's preemption watcher polls the draining nodes
 (`RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S`, 5 s) and marks every worker, and
-`ray.train.get_preemption_info()` hands the notice to all ranks at the same call. The loop asks once
-per step (`should_stop`), so every rank saves the same step, then raises `loop.Preempted`: Ray Train
+`ray.train.get_preemption_info()` hands the notice to all ranks at the same call. The loop asks at the
+steps `StepSync` looks (about every 2 s), so every rank saves the same step, then raises `loop.Preempted`: Ray Train
 restarts the group at once on the nodes that are not draining, from that checkpoint. The restart
 counts against `max_failures` (a worker error). Waiting for the node to die instead would not move
 it to `max_preemption_failures` either: the raylet records a SIGTERM-drained node's death as
@@ -34,7 +34,7 @@ thread; no atexit hook or other thread's `finally` runs, checked on 2.60), the t
 cannot install a handler, and the raylet itself SIGTERMs the workers it stops.
 
 Interruption. Ctrl-C or SIGTERM to the driver (`ray job stop`) writes RUN_DIR/stop.json for its session
-(`jobs.training.fit_interruptible`); `StopSignal` hands rank 0's reading of it to every rank at the same
+(`jobs.training.fit_interruptible`); `StepSync` hands rank 0's reading of it to every rank at the same
 step, and every rank saves that step and returns: the run ends with status `stopped`, not restarted.
 
 A failure a restart would meet again (`loop.cannot_heal`: bad data, a non-finite loss, device memory
@@ -74,38 +74,75 @@ class Resources:
     env: tuple[tuple[str, str], ...] = ()  # extra environment variables for the workers
 
 
-STOP_POLL_S = 2.0  # about how often rank 0 looks for the driver's stop request (RUN_DIR/stop.json)
+STOP_POLL_S = 2.0  # about how often rank 0 looks for a stop request or a preemption notice
+REPORT_INTERVAL_S = 10.0  # at least this long between metric reports to Ray Train
 
 
-class StopSignal:
-    """`should_stop` for the loop, called once per step on every rank, the same answer on all.
+def next_look(steps: int, seconds: float, previous: int) -> int:
+    """Steps until rank 0's next look, after a look `steps` steps and `seconds` after the one before.
 
-    PREEMPTED when Ray Train reports a node of this worker group draining: `ray.train.get_preemption_info`
-    is a barrier handing rank 0's answer to every rank, so each rank calls it once per step. STOPPED when the
-    driver asked this session to stop (`run_record.request_stop`): rank 0 reads the file about every
-    STOP_POLL_S seconds and broadcasts its answer with the number of steps until its next look, so every
-    rank looks at the same steps and a file read (a cloud round trip) is not paid every step.
+    About STOP_POLL_S at the last window's rate, but at most twice the last window and at most 1000 steps: the
+    first steps after compilation run faster than the rest until `loop.InFlight` holds the loop to the device,
+    and one such window taken for the rate would put the next look hundreds of steps away.
+    """
+    rate = steps / max(seconds, 1e-6)
+    return max(1, min(2 * previous, 1000, round(STOP_POLL_S * rate)))
+
+
+class StepSync:
+    """What the loop hands to Ray Train, agreed by every rank at the same steps: `should_stop` (called once per
+    step on every rank) and `report` (the loop's metrics at each log step).
+
+    Rank 0 looks about every STOP_POLL_S seconds and broadcasts its answer with the number of steps until its
+    next look (`next_look`), so every rank looks at the same steps and no step pays a collective or a file read
+    (a cloud round trip) otherwise. At a look:
+    - PREEMPTED when Ray Train reports a node of this worker group draining (`ray.train.get_preemption_info`,
+      itself a barrier handing rank 0's answer to every rank; Ray's watcher polls every 5 s);
+    - STOPPED when the driver asked this session to stop (`run_record.request_stop`);
+    - the newest metrics go to `ray.train.report` if REPORT_INTERVAL_S has passed since the last report. Ray
+      Train's controller takes one report per poll (`RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`, 2 s) and
+      `ray.train.report` blocks until the previous one was taken: a report at every log step of a fast run
+      held each step for up to 2 s.
     """
 
     def __init__(self, run_dir: str, session: str, rank: int) -> None:
         self.run_dir, self.session, self.lead = run_dir, session, rank == 0
-        self.skip = 0  # steps left before the next look
+        self.every, self.skip = 1, 0  # steps between looks, steps left before the next one
         self.steps, self.since = 0, time.monotonic()  # steps since the last look, and its time
+        self.pending: dict[str, Any] | None = None  # metrics not yet reported
+        self.reported = -REPORT_INTERVAL_S  # time of the last report
+
+    def report(self, metrics: dict[str, Any]) -> None:
+        """Keep the loop's newest metrics for the next report."""
+        self.pending = metrics
 
     def __call__(self) -> str | None:
-        if ray.train.get_preemption_info() is not None:
-            return loop.PREEMPTED
         self.steps += 1
         if self.skip > 0:
             self.skip -= 1
             return None
+        preempted = ray.train.get_preemption_info() is not None
         answer = None
         if self.lead:
-            per_s = self.steps / max(time.monotonic() - self.since, 1e-6)
-            answer = (run_record.stop_requested(self.run_dir, self.session), max(1, min(1000, round(STOP_POLL_S * per_s))))
-        stop, every = ray.train.collective.broadcast_from_rank_zero(answer)
-        self.skip, self.steps, self.since = every - 1, 0, time.monotonic()
+            now = time.monotonic()
+            answer = (run_record.stop_requested(self.run_dir, self.session), next_look(self.steps, now - self.since, self.every),
+                      self.pending is not None and now - self.reported >= REPORT_INTERVAL_S)  # fmt: skip
+        stop, self.every, report = ray.train.collective.broadcast_from_rank_zero(answer)
+        self.skip, self.steps, self.since = self.every - 1, 0, time.monotonic()
+        if report:
+            self._report()
+        if preempted:
+            return loop.PREEMPTED
         return loop.STOPPED if stop else None
+
+    def flush(self) -> None:
+        """Report the metrics not yet reported (every rank, at the loop's end)."""
+        if ray.train.collective.broadcast_from_rank_zero(self.pending is not None if self.lead else None):
+            self._report()
+
+    def _report(self) -> None:
+        ray.train.report(self.pending or {})  # every rank calls it: a barrier
+        self.pending, self.reported = None, time.monotonic()
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -115,16 +152,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     job = loop.TrainJob(**config)
     if run_record.failure(job.run_dir, job.session) is not None:
         return  # a restart after a failure it would meet again: end, the driver reports it
+    sync = StepSync(job.run_dir, job.session, ctx.get_world_rank())
     try:
-        loop.train(
-            job,
-            loop.WorkerContext(
-                rank=ctx.get_world_rank(),
-                world_size=ctx.get_world_size(),
-                report=lambda metrics: ray.train.report(metrics),
-                should_stop=StopSignal(job.run_dir, job.session, ctx.get_world_rank()),
-            ),
-        )
+        loop.train(job, loop.WorkerContext(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
+                                           report=sync.report, should_stop=sync))  # fmt: skip
+        sync.flush()
     except Exception as err:
         if loop.cannot_heal(err):
             run_record.record_failure(job.run_dir, job.session, ctx.get_world_rank(), err)

@@ -224,7 +224,7 @@ def fit_interruptible(trainer: Any, run_dir: str, session: str) -> Any:
 
     Ray Train's own Ctrl-C handler aborts the workers without a checkpoint, and Ray's core worker turns SIGTERM
     into a stack dump and an abort: so fit runs in a thread, and the main thread takes both signals and writes
-    the request the workers look for (`run_record.request_stop`, `actors.train_worker.StopSignal`).
+    the request the workers look for (`run_record.request_stop`, `actors.train_worker.StepSync`).
     """
     if threading.current_thread() is not threading.main_thread():
         return trainer.fit()  # signals reach the main thread only: its owner handles them

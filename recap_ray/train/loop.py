@@ -8,6 +8,7 @@ TensorBoard scalars, value histograms, the progress bar and run.json.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import time
@@ -69,6 +70,28 @@ class WorkerContext:
 
 
 PREEMPTED, STOPPED = "preempted", "stopped"  # run.json statuses of a run that saved and stopped early
+
+MAX_IN_FLIGHT = 2  # steps dispatched ahead of the device (enough to keep it busy while the next batch is placed)
+
+
+class InFlight:
+    """Holds the loop at most `limit` steps ahead of the device.
+
+    A jitted call returns as soon as it is queued, so an unbounded loop runs ahead until the next metric read
+    (`log_interval` steps). A stop or preemption notice seen there would wait for every queued step before its
+    checkpoint (minutes at real size, past a spot VM's 30 s notice); the rate the loop measures between its
+    looks for the driver's stop request, its step time and its progress bar would count queued steps as done.
+    """
+
+    def __init__(self, limit: int = MAX_IN_FLIGHT, wait: Callable[[Any], Any] = jax.block_until_ready) -> None:
+        self.limit, self.wait = limit, wait
+        self.queued: collections.deque[Any] = collections.deque()
+
+    def push(self, output: Any) -> None:
+        """Add a dispatched step's output; wait for the oldest ones until at most `limit` are queued."""
+        self.queued.append(output)
+        while len(self.queued) > self.limit:
+            self.wait(self.queued.popleft())
 
 
 class Preempted(RuntimeError):
@@ -213,9 +236,11 @@ def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_
     bar = tqdm(total=num_steps, initial=start, desc=f"train {job.kind}", disable=not lead)
     try:
         window_start, window_steps = time.perf_counter(), 0
+        in_flight = InFlight()
         for step in range(start, num_steps):
             batch = sharding.global_batch(next(loader), mesh)
             state, out = train_step(state, batch)
+            in_flight.push(out["loss"])
             done, window_steps = step + 1, window_steps + 1
             bar.update(1)
             if done % log_interval == 0 or done == num_steps:

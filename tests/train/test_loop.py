@@ -164,3 +164,11 @@ def test_which_failures_a_restart_cannot_heal():
     assert not loop.cannot_heal(ValueError(gloo))
     assert loop.cannot_heal(ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.1GiB"))
     assert loop.cannot_heal(ValueError("UNKNOWN_FIELD: not a status code"))
+
+
+def test_in_flight_holds_the_loop_at_most_limit_steps_ahead():
+    waited = []
+    held = loop.InFlight(limit=2, wait=waited.append)
+    for step in range(1, 6):
+        held.push(step)
+        assert len(held.queued) == min(step, 2) and waited == list(range(1, max(step - 1, 1)))

@@ -31,8 +31,8 @@ from recap_ray.train import run_record
 
 @pytest.fixture(autouse=True)
 def _fast_controller(monkeypatch):
-    """The driver passes these to Ray Train's controller: a report waits for its poll (2 s by default),
-    a preemption notice for the watcher's (5 s)."""
+    """The driver passes these to Ray Train's controller: it sees a finished worker group at its poll (2 s by
+    default), a preemption notice at the watcher's (5 s)."""
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     monkeypatch.setenv("RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S", "0.2")
 
