@@ -57,6 +57,13 @@ def setup_logging() -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's INFO: ~40 lines a checkpoint save
 
 
+# How long the processes of an embedded Ray wait for its GCS once it is gone before they exit (Ray's default: 60 s).
+# Only a restarted GCS (fault tolerance, which an embedded Ray does not have) comes back: a stop that signals
+# every process of the job (systemd's, Slurm's scancel, `kill -- -PGID`) kills the GCS with the driver's cleanup
+# still waiting on it.
+EMBEDDED_GCS_RECONNECT_S = 15
+
+
 def connect_ray() -> None:
     """Join the cluster in $RAY_ADDRESS (`ray job submit` sets it), else start an embedded one without token
     auth; then SIGTERM (docker, Kubernetes, `ray job stop`) stops the job like Ctrl-C, its cleanup run."""
@@ -64,9 +71,11 @@ def connect_ray() -> None:
 
     if ray.is_initialized():
         return
-    if not os.environ.get("RAY_ADDRESS"):
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster: no token needed
-    ray.init()
+        ray.init(_system_config={"gcs_rpc_server_reconnect_timeout_s": EMBEDDED_GCS_RECONNECT_S})
     if threading.current_thread() is threading.main_thread():
         # ray.init's core worker installs a crash handler that takes SIGTERM from Python: a stack dump, then abort
         signal.signal(signal.SIGTERM, signal.default_int_handler)
