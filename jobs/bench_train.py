@@ -7,8 +7,9 @@
 
 What is timed is exactly the trainers' step (`recap_ray.train.step.make_step` with each task's
 optimizer, loss, trainable filter and EMA, jitted with the FSDP shardings of `train.sharding`), on
-random weights initialised on the device and random batches already on the device (two, used in
-turn), so the figure is the accelerator's, not the loader's. Each case is compiled, warmed up, then
+random weights drawn on the devices as the trainers draw them (`train.initial_state`) and random
+batches already on the device (two, used in turn), so the figure is the accelerator's, not the
+loader's. Each case is compiled, warmed up, then
 stepped `iters` times with a sync after every step; the median step time is reported.
 
 FLOPs: `model_tflops` counts 3x the forward pass's matrix multiplications and convolutions
@@ -43,7 +44,7 @@ from flax import nnx
 
 from jobs import cli
 from recap_ray.configs import registry
-from recap_ray.train import optim, sharding, state as state_lib, step as step_lib, tasks
+from recap_ray.train import initial_state, optim, sharding, state as state_lib, step as step_lib, tasks
 
 
 
@@ -70,7 +71,6 @@ class Case:
 
     name: str
     task: tasks.Task
-    build: Callable[[], nnx.Module]
     batch: Callable[[np.random.Generator, int], dict[str, Any]]
 
 
@@ -95,7 +95,7 @@ def value_case(name: str) -> Case:
         return {"images": _uniform(rng, (b, c, s, s, 3), -1, 1), "image_masks": np.ones((b, c), bool),
                 "tokens": tokens, "token_mask": mask, "value_label": _uniform(rng, (b,), -1, 0)}  # fmt: skip
 
-    return Case(name, task, lambda: config.create(config.seed), batch)
+    return Case(name, task, batch)
 
 
 def policy_case(name: str, remat: str) -> Case:
@@ -116,7 +116,7 @@ def policy_case(name: str, remat: str) -> Case:
             "actions": rng.standard_normal(actions.shape).astype(np.float32),
         }
 
-    return Case(f"{name} remat={remat}", task, task.build_model, batch)  # the trainer's model: LoRA's frozen leaves in bf16
+    return Case(f"{name} remat={remat}", task, batch)
 
 
 def _sub_jaxprs(params: dict[str, Any]) -> list[Any]:
@@ -165,13 +165,8 @@ def measure(case: Case, per_device_batch: int, n_devices: int, bench: BenchConfi
     task = case.task
     tx = optim.optimizer(task.optimizer(1_000))
     use_ema = task.ema_decay is not None
-    graphdef, _, _ = state_lib.split(nnx.eval_shape(case.build), task.trainable())
-
-    def init() -> state_lib.TrainState:
-        return state_lib.create(case.build(), task.trainable(), tx, use_ema=use_ema, seed=bench.seed)[1]
-
-    shardings = sharding.fsdp_shardings(jax.eval_shape(init), mesh)
-    state = jax.jit(init, out_shardings=shardings)()
+    graphdef, state, shardings = initial_state.program(task.create_model, {}, task.trainable(), tx, use_ema=use_ema,
+                                                       seed=bench.seed, mesh=mesh).build()  # the trainers' random init  # fmt: skip
     global_batch = per_device_batch * n_devices
     rng = np.random.default_rng(bench.seed)
     data = sharding.data_sharding(mesh)

@@ -193,13 +193,16 @@ def fresh_leaves(config: ValueModelConfig, paths: list[str], rng: int = 0) -> Fl
     return jax.tree.map(np.asarray, jax.jit(init)())
 
 
+def checked_params(config: ValueModelConfig, params: dict[str, Any]) -> Flat:
+    """A full pure-dict `params` tree checked against the model (`check_and_cast`), flat, in the model's dtypes."""
+    reference = flatten(nnx.to_pure_dict(nnx.state(config.abstract_model())))
+    return check_and_cast(flatten(params), reference, source=f"{config.name} params")[0]
+
+
 def model_from_params(config: ValueModelConfig, params: dict[str, Any]) -> value_lib.ValueModel:
     """Build the model directly from a full pure-dict `params` tree (no random init of the backbones)."""
-    abstract = config.abstract_model()
-    graphdef, state = nnx.split(abstract)
-    reference = flatten(nnx.to_pure_dict(state))
-    checked, _ = check_and_cast(flatten(params), reference, source=f"{config.name} params")
-    nnx.replace_by_pure_dict(state, unflatten({k: jnp.asarray(v) for k, v in checked.items()}))
+    graphdef, state = nnx.split(config.abstract_model())
+    nnx.replace_by_pure_dict(state, unflatten({k: jnp.asarray(v) for k, v in checked_params(config, params).items()}))
     return nnx.merge(graphdef, state)
 
 
@@ -327,8 +330,17 @@ def load_model(
     use_ema: bool = True,
 ) -> value_lib.ValueModel:
     """A ready model: from a value checkpoint when given, else from the vlm bundle (or its env var)."""
+    return model_from_params(config, load_params(config, checkpoint=checkpoint, bundle_dir=bundle_dir, use_ema=use_ema))
+
+
+def load_params(
+    config: ValueModelConfig,
+    *,
+    checkpoint: epath.PathLike | None = None,
+    bundle_dir: epath.PathLike | None = None,
+    use_ema: bool = True,
+) -> dict[str, Any]:
+    """`load_model`'s parameters as a pure dict of host arrays (the trainer lays them out on its mesh itself)."""
     if checkpoint is not None:
-        params, _ = load_checkpoint(checkpoint, use_ema=use_ema, config=config)
-    else:
-        params = load_bundle(config, bundle_dir, use_ema=False)
-    return model_from_params(config, params)
+        return load_checkpoint(checkpoint, use_ema=use_ema, config=config)[0]
+    return load_bundle(config, bundle_dir, use_ema=False)

@@ -104,7 +104,7 @@ def merge(
     kept = [p for p in ref if p not in got]
     if kept:
         logger.info("%s: %d leaves not in the checkpoint keep their init (e.g. %s)", source, len(kept), kept[0])
-    return unflatten({p: np.asarray(got[p]).astype(ref[p].dtype) for p in ref if p in got})
+    return unflatten({p: np.asarray(got[p]).astype(ref[p].dtype, copy=False) for p in ref if p in got})  # no copy when the dtype is right
 
 
 def model_params(model: nnx.Module) -> dict[str, Any]:
@@ -112,12 +112,17 @@ def model_params(model: nnx.Module) -> dict[str, Any]:
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
+def load_leaves(reference: Mapping[str, Any], params_dir: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The leaves of `params_dir` for a model whose parameter pure dict (arrays or ShapeDtypeStructs) is
+    `reference`: {path: host array} in the reference's dtypes (strict merge, LoRA leaves may be absent)."""
+    return flatten(merge(reference, restore(params_dir), source=os.fspath(params_dir)))
+
+
 def load_into(model: nnx.Module, params_dir: str | os.PathLike[str]) -> None:
     """Restore `params_dir` and write it into `model` in place (strict merge, LoRA leaves may be absent)."""
     state = nnx.state(model, nnx.Param)
-    merged = merge(nnx.to_pure_dict(state), restore(params_dir), source=os.fspath(params_dir))
     flat_state = flatten(nnx.to_pure_dict(state))
-    for path, value in flatten(merged).items():
+    for path, value in load_leaves(nnx.to_pure_dict(state), params_dir).items():
         flat_state[path] = jnp.asarray(value)
     nnx.replace_by_pure_dict(state, unflatten(flat_state))
     nnx.update(model, state)

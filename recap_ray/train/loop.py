@@ -25,7 +25,7 @@ from recap_ray.configs import registry
 from recap_ray.data import dataset as dataset_mod
 from recap_ray.data import versions
 from recap_ray.models import value_config
-from recap_ray.train import batches, checkpointing, optim, run_record, samples, sharding, state as state_lib, step as step_lib, tasks
+from recap_ray.train import batches, checkpointing, initial_state, optim, run_record, samples, sharding, step as step_lib, tasks
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +174,15 @@ def _defaults(job: TrainJob, config: Any) -> tuple[int, int, int, int]:
     )
 
 
+def _initial_weights(task: tasks.Task, resuming: bool) -> dict[str, Any]:
+    """The task's initial weights; a resumed run needs only the frozen ones (and reads nothing when there are
+    none: a full fine-tune resumed after a preemption does not read its SFT checkpoint again)."""
+    if not resuming:
+        return task.initial_weights()
+    frozen = initial_state.frozen_paths(task.create_model, task.trainable())
+    return {p: v for p, v in task.initial_weights().items() if p in frozen} if frozen else {}
+
+
 def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_lib.Tracker | None = None) -> dict[str, Any]:
     """Run (or resume) the job to `num_steps`; returns rank 0's last metrics."""
     task = make_task(job)
@@ -190,19 +199,19 @@ def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_
         raise ValueError(f"global batch {global_batch} does not split over {jax.device_count()} devices x {job.grad_accum} micro-batches")
     opt_config = task.optimizer(num_steps)
     tx = optim.optimizer(opt_config)
-    graphdef, state = state_lib.create(task.build_model(), task.trainable(), tx, use_ema=task.ema_decay is not None, seed=task.config.seed)
-    shardings = sharding.fsdp_shardings(state, mesh)
     mngr = checkpointing.manager(job.run_dir, checkpointing.CheckpointOptions(
         keep=job.keep_checkpoints, keep_period=task.keep_period, async_save=job.async_save))
     position = None
     latest = mngr.latest_step()
-    if latest is not None:
-        resumable = state.replace(frozen=None)
-        restored = checkpointing.restore_train_state(mngr, latest, resumable, dataclasses.replace(shardings, frozen=None))
+    resuming = latest is not None
+    graphdef, state, shardings = initial_state.program(task.create_model, _initial_weights(task, resuming), task.trainable(),
+                                                       tx, use_ema=task.ema_decay is not None, seed=task.config.seed,
+                                                       mesh=mesh, frozen_only=resuming).build()  # fmt: skip
+    if resuming:  # the frozen weights come from the init; everything else from the checkpoint
+        restored = checkpointing.restore_train_state(mngr, latest, state.replace(frozen=None), shardings.replace(frozen=None))
         state = restored.replace(frozen=state.frozen)
         position = checkpointing.restore_data_position(mngr, latest)
         logger.info("resumed %s at step %d", job.run_dir, latest)
-    state = jax.device_put(state, shardings)
     start = int(state.step)
     if lead:
         run_record.update(job.run_dir, start_step=start)

@@ -1,6 +1,6 @@
 """What differs between training the value model and the policy, behind one small interface.
 
-A `Task` builds the model with its initial weights, names the trainable parameters, the loss, the
+A `Task` creates the model, reads its initial weights, names the trainable parameters, the loss, the
 optimizer, the sample maker, the `params` item consumers load and the assets a checkpoint carries.
 The training loop (`loop.py`) only talks to this interface.
 """
@@ -25,7 +25,7 @@ from recap_ray.models import checkpoints, value_tokenizer, value_weights, weight
 from recap_ray.models import value as value_lib
 from recap_ray.models import tokenizer as tokenizer_mod
 from recap_ray.models.value_config import ValueModelConfig
-from recap_ray.train import optim, samples, state as state_lib, step as step_lib
+from recap_ray.train import initial_state, optim, samples, state as state_lib, step as step_lib
 
 logger = logging.getLogger(__name__)
 
@@ -49,20 +49,27 @@ class ValueTask:
     def optimizer(self, num_steps: int) -> optim.OptimizerConfig:
         return optim.pistar_value_schedule(self.config.peak_lr, self.config.decay_lr, num_steps)
 
-    def build_model(self) -> nnx.Module:
-        """The model with its initial weights: the bundle of $OPENPI_VLM_CKPT_DIR ("bundle"), a bundle directory,
-        one of our runs or steps, a pistar checkpoint (local or gs://), or random."""
+    def create_model(self) -> nnx.Module:
+        """A freshly initialised model (traceable: the trainer draws it under jit, already split over its mesh)."""
+        return self.config.create(self.config.seed)
+
+    def initial_weights(self) -> dict[str, Any]:
+        """The initial weights as host arrays {path: array} in the model's dtypes, every parameter present: the
+        bundle of $OPENPI_VLM_CKPT_DIR ("bundle"), a bundle directory, one of our runs or steps, a pistar
+        checkpoint (local or gs://); none for random weights."""
         source = self.init if self.init is not None else self.config.init_weights
         if source is None:
-            return self.config.create(self.config.seed)
+            return {}
         if source == "bundle":
-            return value_weights.load_model(self.config)
+            return value_weights.checked_params(self.config, value_weights.load_params(self.config))
         path = epath.Path(source)  # local, or a bucket (gs://): pathlib would turn gs://b/x into gs:/b/x
         if checkpoints.is_run_dir(path) or (path / checkpoints.PARAMS_ITEM).is_dir():
-            return value_weights.load_model(self.config, checkpoint=checkpoints.params_dir(checkpoints.resolve(path)), use_ema=True)
-        if (path / value_weights.GEMMA_SUBDIR).is_dir():
-            return value_weights.load_model(self.config, bundle_dir=path)
-        return value_weights.load_model(self.config, checkpoint=path, use_ema=True)
+            params = value_weights.load_params(self.config, checkpoint=checkpoints.params_dir(checkpoints.resolve(path)))
+        elif (path / value_weights.GEMMA_SUBDIR).is_dir():
+            params = value_weights.load_params(self.config, bundle_dir=path)
+        else:
+            params = value_weights.load_params(self.config, checkpoint=path, use_ema=True)
+        return value_weights.checked_params(self.config, params)
 
     def check_init(self, flag: str = "--init") -> None:
         """Raise before training starts when the initial weights (`flag`, else the config's) are not there
@@ -70,7 +77,7 @@ class ValueTask:
         source, origin = _init_source(self.init, self.config.init_weights, self.config.name, "init_weights", flag)
         if source == "bundle":
             try:
-                source = str(value_weights.resolve_bundle_dir(None))  # what build_model loads
+                source = str(value_weights.resolve_bundle_dir(None))  # what initial_weights loads
             except FileNotFoundError as err:
                 raise FileNotFoundError(f"{origin} is pistar's vlm_ckpt bundle, read from ${value_weights.BUNDLE_ENV_VAR}, "
                                         f"which is not set; set it to the bundle directory or pass {flag} (a bundle "
@@ -220,17 +227,23 @@ class PolicyTask:
         return optim.OptimizerConfig(c.peak_lr, c.decay_lr, c.warmup_steps, c.decay_steps, c.b1, c.b2, c.eps,
                                      c.weight_decay, c.clip_gradient_norm)  # fmt: skip
 
-    def build_model(self) -> nnx.Module:
-        """pi0.5 with openpi params from an SFT/base `params/` dir or one of our runs or steps (local or gs://);
-        frozen (LoRA-run) leaves cast to bfloat16 as openpi's init_train_state does."""
+    def create_model(self) -> nnx.Module:
+        """A freshly initialised pi0.5, frozen (LoRA-run) leaves cast to bfloat16 as openpi's init_train_state does
+        (traceable: the trainer draws it under jit, already split over its mesh)."""
         model = self.config.model.create(nnx.Rngs(jax.random.key(self.config.seed)))
-        source = self.init if self.init is not None else self.config.init_params
-        if source is not None and source != "none":
-            path = epath.Path(source)
-            if checkpoints.is_run_dir(path) or (path / checkpoints.PARAMS_ITEM).is_dir():
-                source = str(checkpoints.params_dir(checkpoints.resolve(path)))
-            weights.load_into(model, source)  # anything else is an openpi params/ dir, as given
         return state_lib.cast_frozen(model, self.config.model.frozen_filter())
+
+    def initial_weights(self) -> dict[str, Any]:
+        """The initial weights as host arrays {path: array} in the model's dtypes: openpi params from an SFT/base
+        `params/` dir or one of our runs or steps (local or gs://); none for random weights. LoRA leaves are
+        absent from openpi's checkpoints and keep their init."""
+        source = self.init if self.init is not None else self.config.init_params
+        if source is None or source == "none":
+            return {}
+        path = epath.Path(source)
+        if checkpoints.is_run_dir(path) or (path / checkpoints.PARAMS_ITEM).is_dir():
+            source = str(checkpoints.params_dir(checkpoints.resolve(path)))
+        return weights.load_leaves(initial_state.abstract_leaves(self.create_model), source)  # anything else: a params/ dir
 
     def check_init(self, flag: str = "--init") -> None:
         """Raise before training starts when the initial weights (`flag`, else the config's) are not there

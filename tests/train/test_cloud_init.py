@@ -68,24 +68,23 @@ def test_value_init_from_bucket(value_runs, gcs_bucket, sentencepiece_model):
     local, remote, ema = value_runs
     config = registry.get("value_tiny")
     for source in (remote, f"{remote}/checkpoints/{STEP}"):  # a run directory, one step directory
-        model = tasks.ValueTask(config, sentencepiece_model, init=source).build_model()
-        _assert_params_equal(weights.model_params(model), ema)  # --init takes the EMA weights
+        got = tasks.ValueTask(config, sentencepiece_model, init=source).initial_weights()
+        _assert_params_equal(got, ema)  # --init takes the EMA weights
 
     copied = epath.Path(f"{gcs_bucket}/copied/value")  # a local run copied up file by file (gsutil cp -r)
     for f in checkpoints.files(local):
         (copied / f.relative_to(local)).write_bytes(f.read_bytes())
-    model = tasks.ValueTask(config, sentencepiece_model, init=str(copied)).build_model()
-    _assert_params_equal(weights.model_params(model), ema)
+    _assert_params_equal(tasks.ValueTask(config, sentencepiece_model, init=str(copied)).initial_weights(), ema)
     with pytest.raises(FileNotFoundError, match=f"no checkpoint directory at {gcs_bucket}/runs/nothing$"):  # not gs:/
-        tasks.ValueTask(config, sentencepiece_model, init=f"{gcs_bucket}/runs/nothing").build_model()
+        tasks.ValueTask(config, sentencepiece_model, init=f"{gcs_bucket}/runs/nothing").initial_weights()
 
     bundle = epath.Path(f"{gcs_bucket}/bundles/value_tree")  # a vlm_ckpt bundle holding a whole value tree
     params = _random_params(config.abstract_model(), 4)
     with ocp.PyTreeCheckpointer() as ckptr:
         ckptr.save(bundle / value_weights.GEMMA_SUBDIR / "step_00000001", {"params": params, "ema_params": ema, "step": 1})
     (bundle / value_weights.TOKENIZER_FILE).write_bytes(sentencepiece_model.read_bytes())
-    model = tasks.ValueTask(config, sentencepiece_model, init=str(bundle)).build_model()
-    _assert_params_equal(weights.model_params(model), params)  # a bundle gives its params, as pistar trains from
+    got = tasks.ValueTask(config, sentencepiece_model, init=str(bundle)).initial_weights()
+    _assert_params_equal(got, params)  # a bundle gives its params, as pistar trains from
 
 
 def test_policy_init_and_serving_from_bucket(gcs_bucket, sentencepiece_model):
@@ -100,8 +99,8 @@ def test_policy_init_and_serving_from_bucket(gcs_bucket, sentencepiece_model):
     weights.save(openpi_params, params)
 
     for source in (run, openpi_params):  # a step directory takes the run's branch (value test)
-        model = tasks.PolicyTask(config, sentencepiece_model, init=source, norm_stats_path=None).build_model()
-        _assert_params_equal(weights.model_params(model), params)
+        got = tasks.PolicyTask(config, sentencepiece_model, init=source, norm_stats_path=None).initial_weights()
+        _assert_params_equal(got, params)
 
     policy = policy_lib.Policy.load(run, "pi06_tiny_infer")  # weights, norm stats and tokenizer from the bucket
     served = weights.flatten(nnx.to_pure_dict(policy._state))

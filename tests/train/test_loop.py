@@ -41,11 +41,19 @@ def _job(tmp_path, train_dataset, sentencepiece_model, kind="value", **kw):
     return loop.TrainJob(**{**base, **kw})
 
 
-def test_value_loss_falls(tmp_path, train_dataset, sentencepiece_model):
+def test_value_loss_falls(tmp_path, train_dataset, sentencepiece_model, monkeypatch):
+    pushed = []
+
+    class Counted(loop.InFlight):  # every dispatched step goes through the bound on steps ahead of the device
+        def push(self, output):
+            pushed.append(output)
+            super().push(output)
+
+    monkeypatch.setattr(loop, "InFlight", Counted)
     rec = Recorder()
     loop.train(_job(tmp_path, train_dataset, sentencepiece_model, num_steps=80, save_interval=80), tracker=rec)
     losses = [rec.losses[s] for s in sorted(rec.losses)]
-    assert len(losses) == 80
+    assert len(losses) == 80 and len(pushed) == 80
     assert np.mean(losses[-10:]) < 0.85 * np.mean(losses[:10]), losses
     assert "train/predicted_value" in rec.histograms
 
@@ -85,7 +93,7 @@ def test_notice_at_the_last_step_finishes_the_run(tmp_path, train_dataset, sente
     assert (record["status"], record["step"], record["checkpoints"]) == ("finished", 2, [2])
 
 
-def test_policy_checkpoint_is_openpi_layout_with_assets(tmp_path, train_dataset, sentencepiece_model):
+def test_policy_checkpoint_is_openpi_layout_with_assets(tmp_path, train_dataset, sentencepiece_model, monkeypatch):
     job = _job(tmp_path, train_dataset, sentencepiece_model, kind="policy", num_steps=2, save_interval=2)
     loop.train(job)
     step_dir = checkpoints.resolve(job.run_dir)
@@ -99,6 +107,13 @@ def test_policy_checkpoint_is_openpi_layout_with_assets(tmp_path, train_dataset,
     assert stats["state"].mean.shape == (14,) and stats["actions"].mean.shape == (14,)
     assert checkpoints.tokenizer_file(step_dir).read_bytes() == sentencepiece_model.read_bytes()
     assert checkpoints.run_info(step_dir)["config"] == "pi06_tiny"
+
+    def unread(self):
+        raise AssertionError("a resumed full fine-tune read its initial weights")
+
+    monkeypatch.setattr(tasks.PolicyTask, "initial_weights", unread)  # every weight trains: the checkpoint has all
+    loop.train(dataclasses.replace(job, num_steps=3, session="s2"))
+    assert run_record.read(job.run_dir)["step"] == 3
 
 
 def test_policy_run_keeps_every_keep_period_checkpoint(tmp_path, train_dataset, sentencepiece_model, monkeypatch):

@@ -1,0 +1,117 @@
+"""The step-0 train state, built on the device mesh already split: no device ever holds all of it.
+
+Building the model on one device and then sharding it needs the whole state there first: pi0.6's
+full fine-tune is 3.35B f32 parameters, two AdamW moments and an EMA, ~54 GB on the first GPU of
+every host before FSDP splits it, more than a 40 GB A100 holds although its 1/8 share would fit.
+Here the initial weights stay on the host and go to the devices one shard each
+(`jax.make_array_from_callback`), and one jitted function with FSDP `out_shardings` draws the random
+leaves, builds the optimizer state and the EMA on the mesh; XLA drops the random draws of the
+leaves the checkpoint replaces. Per device: the loaded weights' share plus the state's share.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from recap_ray.models import weights
+from recap_ray.train import sharding, state as state_lib
+
+Flat = Mapping[str, Any]  # {"a/b/c": array}: parameter leaves by their openpi path
+
+
+def with_params(model: nnx.Module, leaves: Flat) -> nnx.Module:
+    """`model` with the parameter leaves `leaves` names replaced, in place (traceable); the others keep their init."""
+    state = nnx.state(model, nnx.Param)
+    flat = weights.flatten(nnx.to_pure_dict(state))
+    unknown = sorted(set(leaves) - set(flat))
+    if unknown:
+        raise KeyError(f"not parameters of the model: {unknown[:5]}")
+    flat.update(leaves)
+    nnx.replace_by_pure_dict(state, weights.unflatten(flat))
+    nnx.update(model, state)
+    return model
+
+
+def place(leaves: Flat, shardings: Mapping[str, NamedSharding]) -> dict[str, jax.Array]:
+    """Host arrays onto the mesh, each device given only its own shard. Every process passes the same arrays
+    (each reads the checkpoint) and places its own devices' shards."""
+    return {path: jax.make_array_from_callback(np.shape(value), shardings[path], lambda index, v=value: np.asarray(v)[index])
+            for path, value in leaves.items()}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """The step-0 build: `build()` runs it; `memory()` is what it needs per device, before any of it runs."""
+
+    graphdef: nnx.GraphDef
+    abstract: state_lib.TrainState  # ShapeDtypeStruct leaves
+    shardings: state_lib.TrainState  # NamedSharding leaves
+    run: Any  # jitted: placed initial weights -> the state (`frozen_only`: its frozen part)
+    leaves: dict[str, Any]  # the initial weights: host arrays (ShapeDtypeStructs are enough for `memory`)
+    leaf_shardings: dict[str, NamedSharding]
+    frozen_only: bool
+
+    def build(self) -> tuple[nnx.GraphDef, state_lib.TrainState, state_lib.TrainState]:
+        """(graphdef, state, shardings). With `frozen_only` the state's other leaves stay ShapeDtypeStructs for a
+        checkpoint restore to fill (a resumed run needs no fresh optimizer state)."""
+        out = self.run(place(self.leaves, self.leaf_shardings))
+        return self.graphdef, self.abstract.replace(frozen=out) if self.frozen_only else out, self.shardings
+
+    def memory(self) -> dict[str, int]:
+        """XLA's account of one device's bytes for the build: the placed initial weights (arguments), the state's
+        share (output) and scratch (temp); compiles, allocates nothing."""
+        given = {p: jax.ShapeDtypeStruct(np.shape(v), v.dtype, sharding=self.leaf_shardings[p]) for p, v in self.leaves.items()}
+        stats = self.run.lower(given).compile().memory_analysis()
+        return {"arguments": stats.argument_size_in_bytes, "output": stats.output_size_in_bytes, "temp": stats.temp_size_in_bytes}
+
+
+def program(
+    create: Callable[[], nnx.Module],
+    leaves: Flat,
+    trainable: nnx.filterlib.Filter,
+    tx: optax.GradientTransformation,
+    *,
+    use_ema: bool,
+    seed: int,
+    mesh: Mesh,
+    frozen_only: bool = False,
+    min_bytes: int = sharding.MIN_SHARD_BYTES,
+) -> Program:
+    """The build of `state_lib.create`'s step-0 state for a model from `create` with the host arrays `leaves`
+    (checked and cast to the model's dtypes) in place, laid out with FSDP shardings. frozen_only: the program
+    computes the frozen part alone."""
+    leaves = dict(leaves)
+
+    def init(given: Flat) -> state_lib.TrainState:
+        return state_lib.create(with_params(create(), given), trainable, tx, use_ema=use_ema, seed=seed)[1]
+
+    graphdef = state_lib.split(nnx.eval_shape(create), trainable)[0]
+    abstract = jax.eval_shape(init, leaves)
+    shardings = sharding.fsdp_shardings(abstract, mesh, min_bytes)
+    given_shardings = sharding.fsdp_shardings(leaves, mesh, min_bytes)  # the same rule: a leaf's shape and dtype
+    if frozen_only:
+        run = jax.jit(lambda given: init(given).frozen, in_shardings=(given_shardings,), out_shardings=shardings.frozen)
+    else:
+        run = jax.jit(init, in_shardings=(given_shardings,), out_shardings=shardings)
+    return Program(graphdef, abstract, shardings, run, leaves, given_shardings, frozen_only)
+
+
+def abstract_leaves(create: Callable[[], nnx.Module]) -> dict[str, Any]:
+    """The model's parameter pure dict as ShapeDtypeStructs: the reference initial weights are checked and cast
+    against (nothing allocated)."""
+    return nnx.to_pure_dict(nnx.state(nnx.eval_shape(create), nnx.Param))
+
+
+def frozen_paths(create: Callable[[], nnx.Module], trainable: nnx.filterlib.Filter) -> set[str]:
+    """The parameters `trainable` leaves out: all a resumed run takes from its initial weights, the rest coming
+    from its checkpoint (none in a full fine-tune)."""
+    frozen = nnx.state(nnx.eval_shape(create), nnx.All(nnx.Param, nnx.Not(trainable)))
+    return set(weights.flatten(nnx.to_pure_dict(frozen)))
