@@ -67,10 +67,13 @@ class Program:
 
     def memory(self) -> dict[str, int]:
         """XLA's account of one device's bytes for the build: the placed initial weights (arguments), the state's
-        share (output) and scratch (temp); compiles, allocates nothing."""
+        share (output), scratch (temp), the arguments reused as outputs (aliased) and the total the device needs
+        (arguments + output + temp - aliased). Compiles, allocates nothing."""
         given = {p: jax.ShapeDtypeStruct(np.shape(v), v.dtype, sharding=self.leaf_shardings[p]) for p, v in self.leaves.items()}
         stats = self.run.lower(given).compile().memory_analysis()
-        return {"arguments": stats.argument_size_in_bytes, "output": stats.output_size_in_bytes, "temp": stats.temp_size_in_bytes}
+        parts = {"arguments": stats.argument_size_in_bytes, "output": stats.output_size_in_bytes,
+                 "temp": stats.temp_size_in_bytes, "aliased": stats.alias_size_in_bytes}  # fmt: skip
+        return {**parts, "total": parts["arguments"] + parts["output"] + parts["temp"] - parts["aliased"]}
 
 
 def program(
@@ -97,10 +100,12 @@ def program(
     abstract = jax.eval_shape(init, leaves)
     shardings = sharding.fsdp_shardings(abstract, mesh, min_bytes)
     given_shardings = sharding.fsdp_shardings(leaves, mesh, min_bytes)  # the same rule: a leaf's shape and dtype
+    # donated: each placed weight becomes its state leaf in place instead of beside it
     if frozen_only:
-        run = jax.jit(lambda given: init(given).frozen, in_shardings=(given_shardings,), out_shardings=shardings.frozen)
+        run = jax.jit(lambda given: init(given).frozen, in_shardings=(given_shardings,), out_shardings=shardings.frozen,
+                      donate_argnums=0)  # fmt: skip
     else:
-        run = jax.jit(init, in_shardings=(given_shardings,), out_shardings=shardings)
+        run = jax.jit(init, in_shardings=(given_shardings,), out_shardings=shardings, donate_argnums=0)
     return Program(graphdef, abstract, shardings, run, leaves, given_shardings, frozen_only)
 
 
