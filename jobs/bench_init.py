@@ -1,0 +1,94 @@
+"""Device memory of the trainers' step-0 build at real size, per device, against the whole state.
+
+    python -m jobs.bench_init --cpu-devices 8      # any machine: 8 CPU host devices, compiled, nothing allocated
+    python -m jobs.bench_init                      # the devices of this host
+
+The trainers build the step-0 state already split over their FSDP mesh (`recap_ray.train.initial_state`):
+the initial weights go from the host to each device one shard at a time and one jitted program draws
+the random leaves, the optimizer state and the EMA in place, each placed weight donated to become its
+state leaf. The one-device build it replaced held the whole state on each host's first device before
+FSDP split it. openpi's `init_train_state` passes the loaded weights replicated, so every device holds
+all of them beside its share of the state (the `openpi layout` column, computed from the parts of the
+same program, not run: whole initial weights + output + temp; on more than one device a donated whole
+weight cannot become a 1/N shard in place).
+
+XLA's memory analysis of the compiled program gives one device's bytes: arguments + output + temp -
+aliased (the donated arguments reused as outputs). Compiling allocates nothing, so `--cpu-devices N`
+measures an N-device mesh on a machine without accelerators. Policies start from an SFT checkpoint
+(every weight but LoRA's), the value model from the vlm bundle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from jobs import cli
+from recap_ray.configs import registry
+from recap_ray.models import lora, weights
+from recap_ray.models.value_config import ValueModelConfig
+from recap_ray.train import initial_state, optim, sharding, tasks
+
+GB = 1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """What to measure."""
+
+    configs: tuple[str, ...] = ("pi06_yam_vial_30fps_from_sft_recap", "pi06_yam_vial_30fps_lora_from_sft_recap", "value")
+    cpu_devices: int = 0  # > 0: a mesh of this many CPU host devices (before JAX starts); 0: this host's devices
+    out: Path | None = None  # also write the rows here as JSON
+
+
+def _task(name: str) -> tasks.Task:
+    config = registry.get(name)
+    if isinstance(config, ValueModelConfig):
+        return tasks.ValueTask(config, tokenizer_path=Path("unused"), init=None)
+    return tasks.PolicyTask(config, tokenizer_path=Path("unused"), init="none", norm_stats_path=None)
+
+
+def _bytes(tree: Any) -> int:
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def measure(name: str, mesh: jax.sharding.Mesh) -> dict[str, Any]:
+    """One config's build on `mesh`: whole state, initial weights, and one device's share."""
+    task = _task(name)
+    leaves = {p: x for p, x in weights.flatten(initial_state.abstract_leaves(task.create_model)).items()
+              if not lora.is_lora_path(p)}  # what a checkpoint gives  # fmt: skip
+    tx = optim.optimizer(task.optimizer(1_000))
+    built = initial_state.program(task.create_model, leaves, task.trainable(), tx, use_ema=task.ema_decay is not None,
+                                  seed=0, mesh=mesh)  # fmt: skip
+    memory = built.memory()
+    return {"config": name, "devices": mesh.size, "device_kind": mesh.devices.flat[0].device_kind,
+            "state_bytes": _bytes(built.abstract), "initial_weights_bytes": _bytes(leaves),
+            "per_device": memory, "per_device_bytes": memory["total"],
+            "openpi_layout_bytes": _bytes(leaves) + memory["output"] + memory["temp"]}  # fmt: skip
+
+
+def main(bench: BenchConfig) -> list[dict[str, Any]]:
+    """Measure every config; prints a table, returns the rows."""
+    if bench.cpu_devices:
+        jax.config.update("jax_platforms", "cpu")
+        jax.config.update("jax_num_cpu_devices", bench.cpu_devices)
+    mesh = sharding.make_mesh()
+    print(f"{'config':45} {'dev':>3} {'state GB':>9} {'init GB':>8} {'per device GB':>14} {'of state':>8} {'openpi layout GB':>17}")  # noqa: T201
+    rows = []
+    for name in bench.configs:
+        r = measure(name, mesh)
+        rows.append(r)
+        print(f"{name:45} {r['devices']:3d} {r['state_bytes'] / GB:9.2f} {r['initial_weights_bytes'] / GB:8.2f} "  # noqa: T201
+              f"{r['per_device_bytes'] / GB:14.2f} {r['per_device_bytes'] / r['state_bytes']:8.3f} "
+              f"{r['openpi_layout_bytes'] / GB:17.2f}", flush=True)  # fmt: skip
+        if bench.out:
+            bench.out.write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main(cli.parse(BenchConfig, __doc__))
