@@ -110,7 +110,7 @@ class StepSync:
         self.every, self.skip = 1, 0  # steps between looks, steps left before the next one
         self.steps, self.since = 0, time.monotonic()  # steps since the last look, and its time
         self.pending: dict[str, Any] | None = None  # metrics not yet reported
-        self.reported = -REPORT_INTERVAL_S  # time of the last report
+        self.reported = float("-inf")  # time of the last report (none yet)
 
     def report(self, metrics: dict[str, Any]) -> None:
         """Keep the loop's newest metrics for the next report."""
