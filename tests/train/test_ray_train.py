@@ -49,8 +49,15 @@ def _params(run_dir):
 
 
 def test_two_workers_equal_one_worker(ray_local, tmp_path, train_dataset, sentencepiece_model):
-    one = training.run(_config(tmp_path, "one", train_dataset, sentencepiece_model, num_workers=1, num_steps=4, save_interval=4), "value")
-    two = training.run(_config(tmp_path, "two", train_dataset, sentencepiece_model, num_workers=2, num_steps=4, save_interval=4), "value")
+    """Both start from a pistar checkpoint (each worker places its shards of it: jax.make_array_from_callback
+    across two processes)."""
+    value_tiny = registry.get("value_tiny")
+    noise = np.random.default_rng(5)
+    start = weights.unflatten({p: np.asarray(x) + 0.01 * noise.standard_normal(x.shape).astype(np.float32)
+                               for p, x in weights.flatten(weights.model_params(value_tiny.create(1))).items()})  # fmt: skip
+    init = str(value_weights.save_checkpoint(tmp_path / "init", 1, start, start))
+    one = training.run(_config(tmp_path, "one", train_dataset, sentencepiece_model, num_workers=1, num_steps=4, save_interval=4, init=init), "value")  # fmt: skip
+    two = training.run(_config(tmp_path, "two", train_dataset, sentencepiece_model, num_workers=2, num_steps=4, save_interval=4, init=init), "value")  # fmt: skip
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert one["step"] == two["step"] == 4 and two["status"] == "finished"
     # Same global batch: the loss and gradient norm of the last step agree (a worker averaging only its
@@ -59,15 +66,15 @@ def test_two_workers_equal_one_worker(ray_local, tmp_path, train_dataset, senten
         assert one["metrics"][key] == pytest.approx(two["metrics"][key], rel=1e-4), key
     (a, step_a), (b, step_b) = _params(tmp_path / "one"), _params(tmp_path / "two")
     assert step_a == step_b == 4
-    init = registry.get("value_tiny").create(registry.get("value_tiny").seed)
-    init_leaves = jax.tree.leaves(weights.model_params(init))
-    changed = 0
-    for x, y, z in zip(jax.tree.leaves(a), jax.tree.leaves(b), init_leaves):
+    changed, kept = 0, 0
+    for x, y, z in zip(jax.tree.leaves(a), jax.tree.leaves(b), jax.tree.leaves(start)):
         # Adam turns reduction-order noise on near-zero gradients into updates of up to ~lr; 4 steps
         # at lr <= 1e-3 move a leaf by at most 4e-3, so 2e-4 is 5% of the largest possible move.
         np.testing.assert_allclose(x, y, rtol=1e-3, atol=2e-4)
         changed += not np.allclose(x, z)
+        kept += np.array_equal(x, z) and np.array_equal(y, z)  # the frozen backbones: the checkpoint's, exactly
     assert changed > 0, "training did not move any parameter"
+    assert kept > 0 and kept + changed == len(jax.tree.leaves(start))
 
 
 def test_a_failure_a_restart_would_meet_again_ends_the_run_at_once(ray_local, tmp_path, sentencepiece_model):
