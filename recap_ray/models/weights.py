@@ -120,12 +120,22 @@ def load_leaves(reference: Mapping[str, Any], params_dir: str | os.PathLike[str]
 
 def load_into(model: nnx.Module, params_dir: str | os.PathLike[str]) -> None:
     """Restore `params_dir` and write it into `model` in place (strict merge, LoRA leaves may be absent)."""
+    loaded = load_leaves(model_params(model), params_dir)
+    with_leaves(model, {path: jnp.asarray(value) for path, value in loaded.items()})
+
+
+def with_leaves(model: nnx.Module, leaves: Mapping[str, Any]) -> nnx.Module:
+    """`model` with the parameter leaves `leaves` ({path: array}) names replaced, in place (traceable); the others
+    keep theirs."""
     state = nnx.state(model, nnx.Param)
-    flat_state = flatten(nnx.to_pure_dict(state))
-    for path, value in load_leaves(nnx.to_pure_dict(state), params_dir).items():
-        flat_state[path] = jnp.asarray(value)
-    nnx.replace_by_pure_dict(state, unflatten(flat_state))
+    flat = flatten(nnx.to_pure_dict(state))
+    unknown = sorted(set(leaves) - set(flat))
+    if unknown:
+        raise KeyError(f"not parameters of the model: {unknown[:5]}")
+    flat.update(leaves)
+    nnx.replace_by_pure_dict(state, unflatten(flat))
     nnx.update(model, state)
+    return model
 
 
 def save(params_dir: str | os.PathLike[str], params: nnx.Module | Mapping[str, Any]) -> Path | str:

@@ -27,19 +27,6 @@ from recap_ray.train import sharding, state as state_lib
 Flat = Mapping[str, Any]  # {"a/b/c": array}: parameter leaves by their openpi path
 
 
-def with_params(model: nnx.Module, leaves: Flat) -> nnx.Module:
-    """`model` with the parameter leaves `leaves` names replaced, in place (traceable); the others keep their init."""
-    state = nnx.state(model, nnx.Param)
-    flat = weights.flatten(nnx.to_pure_dict(state))
-    unknown = sorted(set(leaves) - set(flat))
-    if unknown:
-        raise KeyError(f"not parameters of the model: {unknown[:5]}")
-    flat.update(leaves)
-    nnx.replace_by_pure_dict(state, weights.unflatten(flat))
-    nnx.update(model, state)
-    return model
-
-
 def place(leaves: Flat, shardings: Mapping[str, NamedSharding]) -> dict[str, jax.Array]:
     """Host arrays onto the mesh, each device given only its own shard. Every process passes the same arrays
     (each reads the checkpoint) and places its own devices' shards."""
@@ -94,7 +81,7 @@ def program(
     leaves = dict(leaves)
 
     def init(given: Flat) -> state_lib.TrainState:
-        return state_lib.create(with_params(create(), given), trainable, tx, use_ema=use_ema, seed=seed)[1]
+        return state_lib.create(weights.with_leaves(create(), given), trainable, tx, use_ema=use_ema, seed=seed)[1]
 
     graphdef = state_lib.split(nnx.eval_shape(create), trainable)[0]
     abstract = jax.eval_shape(init, leaves)
