@@ -44,9 +44,11 @@ def ray_head() -> Iterator[str]:
     address = f"http://127.0.0.1:{dashboard}"
     try:
         deadline = time.monotonic() + 120
+        # The dashboard answers before the head's job agent has registered ("No available agent to submit job,
+        # please try again later"): the cluster is ready once it accepts a no-op job.
         while True:
             try:
-                JobSubmissionClient(address).list_jobs()
+                JobSubmissionClient(address).submit_job(entrypoint="true")
                 break
             except Exception:
                 if head.poll() is not None or time.monotonic() > deadline:
