@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from flax import nnx
 
 from jobs import cli
 from recap_ray.configs import registry
@@ -59,7 +60,7 @@ def _bytes(tree: Any) -> int:
 def measure(name: str, mesh: jax.sharding.Mesh) -> dict[str, Any]:
     """One config's build on `mesh`: whole state, initial weights, and one device's share."""
     task = _task(name)
-    leaves = {p: x for p, x in weights.flatten(initial_state.abstract_leaves(task.create_model)).items()
+    leaves = {p: x for p, x in weights.flatten(weights.model_params(nnx.eval_shape(task.create_model))).items()
               if not lora.is_lora_path(p)}  # what a checkpoint gives  # fmt: skip
     tx = optim.optimizer(task.optimizer(1_000))
     built = initial_state.program(task.create_model, leaves, task.trainable(), tx, use_ema=task.ema_decay is not None,

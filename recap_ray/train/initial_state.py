@@ -96,12 +96,6 @@ def program(
     return Program(graphdef, abstract, shardings, run, leaves, given_shardings, frozen_only)
 
 
-def abstract_leaves(create: Callable[[], nnx.Module]) -> dict[str, Any]:
-    """The model's parameter pure dict as ShapeDtypeStructs: the reference initial weights are checked and cast
-    against (nothing allocated)."""
-    return nnx.to_pure_dict(nnx.state(nnx.eval_shape(create), nnx.Param))
-
-
 def frozen_paths(create: Callable[[], nnx.Module], trainable: nnx.filterlib.Filter) -> set[str]:
     """The parameters `trainable` leaves out: all a resumed run takes from its initial weights, the rest coming
     from its checkpoint (none in a full fine-tune)."""

@@ -25,7 +25,7 @@ from recap_ray.models import checkpoints, value_tokenizer, value_weights, weight
 from recap_ray.models import value as value_lib
 from recap_ray.models import tokenizer as tokenizer_mod
 from recap_ray.models.value_config import ValueModelConfig
-from recap_ray.train import initial_state, optim, samples, state as state_lib, step as step_lib
+from recap_ray.train import optim, samples, state as state_lib, step as step_lib
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +60,10 @@ class ValueTask:
         source = self.init if self.init is not None else self.config.init_weights
         if source is None:
             return {}
-        if source == "bundle":
-            return value_weights.checked_params(self.config, value_weights.load_params(self.config))
         path = epath.Path(source)  # local, or a bucket (gs://): pathlib would turn gs://b/x into gs:/b/x
-        if checkpoints.is_run_dir(path) or (path / checkpoints.PARAMS_ITEM).is_dir():
+        if source == "bundle":
+            params = value_weights.load_params(self.config)
+        elif checkpoints.is_run_dir(path) or (path / checkpoints.PARAMS_ITEM).is_dir():
             params = value_weights.load_params(self.config, checkpoint=checkpoints.params_dir(checkpoints.resolve(path)))
         elif (path / value_weights.GEMMA_SUBDIR).is_dir():
             params = value_weights.load_params(self.config, bundle_dir=path)
@@ -243,7 +243,7 @@ class PolicyTask:
         path = epath.Path(source)
         if checkpoints.is_run_dir(path) or (path / checkpoints.PARAMS_ITEM).is_dir():
             source = str(checkpoints.params_dir(checkpoints.resolve(path)))
-        return weights.load_leaves(initial_state.abstract_leaves(self.create_model), source)  # anything else: a params/ dir
+        return weights.load_leaves(weights.model_params(nnx.eval_shape(self.create_model)), source)  # else: a params/ dir
 
     def check_init(self, flag: str = "--init") -> None:
         """Raise before training starts when the initial weights (`flag`, else the config's) are not there

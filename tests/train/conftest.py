@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
 import pytest
 
 from recap_ray.data import features as feats
 from recap_ray.data import recap_columns, writer
+from recap_ray.models import weights
 from tests.train import gcs_emulator
 
 LENGTHS = (7, 5, 9, 3)  # 24 frames; the last episode is shorter than any test action horizon
@@ -61,6 +64,13 @@ def make_train_dataset(root: Path, version: str = "v3.0", cameras: tuple[str, ..
         cols["adv_ind"] = np.asarray([adv_ind(ep, t) for t in range(n)], dtype=object)
         w.add_episode(cols, task=TASKS[ep % 2], meta={"success": ep % 2 == 0})
     return w.finalize()
+
+
+def random_params(model: Any, seed: int) -> dict[str, Any]:
+    """Normal numpy leaves shaped as `model`'s parameters (abstract is fine), not the config's init, so a load shows."""
+    rng = np.random.default_rng(seed)
+    flat = weights.flatten(weights.model_params(model))
+    return weights.unflatten({p: rng.standard_normal(x.shape, np.float32).astype(x.dtype) for p, x in flat.items()})
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ from recap_ray.data import dataset, norm_stats, versions
 from recap_ray.models import checkpoints, value_weights, weights
 from recap_ray.serve import policy as policy_lib
 from recap_ray.train import checkpointing, run_record, tasks
+from tests.train.conftest import random_params
 
 STEP = 3
 
@@ -37,13 +38,6 @@ def _write_run(run_dir: str | Path, kind: str, config: str, params_item: Mapping
     run_record.write(run_dir, {"kind": kind, "config": config, "status": "finished", "step": STEP, "checkpoints": [STEP]})
 
 
-def _random_params(model: nnx.Module, seed: int) -> dict[str, Any]:
-    """Normal numpy leaves shaped as `model`'s parameters (abstract is fine), not the config's init, so a load shows."""
-    rng = np.random.default_rng(seed)
-    flat = weights.flatten(weights.model_params(model))
-    return weights.unflatten({p: rng.standard_normal(x.shape, np.float32).astype(x.dtype) for p, x in flat.items()})
-
-
 def _assert_params_equal(got: Mapping[str, Any], want: Mapping[str, Any]) -> None:
     got, want = weights.flatten(got), weights.flatten(want)
     assert got.keys() == want.keys()
@@ -55,7 +49,7 @@ def _assert_params_equal(got: Mapping[str, Any], want: Mapping[str, Any]) -> Non
 def value_runs(tmp_path_factory, gcs_bucket, sentencepiece_model) -> tuple[Path, str, dict[str, Any]]:
     """The same value_tiny run on a local disk and in the bucket: (local, gs:// run, its EMA params)."""
     model = registry.get("value_tiny").abstract_model()
-    params, ema = _random_params(model, 1), _random_params(model, 2)
+    params, ema = random_params(model, 1), random_params(model, 2)
     item = {"params": params, "ema_params": ema, "step": STEP}
     assets = {checkpoints.TOKENIZER_FILE: sentencepiece_model.read_bytes()}
     local, remote = tmp_path_factory.mktemp("cloud_init") / "value", f"{gcs_bucket}/runs/value"
@@ -79,7 +73,7 @@ def test_value_init_from_bucket(value_runs, gcs_bucket, sentencepiece_model):
         tasks.ValueTask(config, sentencepiece_model, init=f"{gcs_bucket}/runs/nothing").initial_weights()
 
     bundle = epath.Path(f"{gcs_bucket}/bundles/value_tree")  # a vlm_ckpt bundle holding a whole value tree
-    params = _random_params(config.abstract_model(), 4)
+    params = random_params(config.abstract_model(), 4)
     with ocp.PyTreeCheckpointer() as ckptr:
         ckptr.save(bundle / value_weights.GEMMA_SUBDIR / "step_00000001", {"params": params, "ema_params": ema, "step": 1})
     (bundle / value_weights.TOKENIZER_FILE).write_bytes(sentencepiece_model.read_bytes())
@@ -89,7 +83,7 @@ def test_value_init_from_bucket(value_runs, gcs_bucket, sentencepiece_model):
 
 def test_policy_init_and_serving_from_bucket(gcs_bucket, sentencepiece_model):
     config = registry.get("pi06_tiny")
-    params = _random_params(config.model.abstract_model(), 3)
+    params = random_params(config.model.abstract_model(), 3)
     unit = norm_stats.NormStats(mean=np.zeros(14), std=np.ones(14), q01=-np.ones(14), q99=np.ones(14))
     assets = {f"{config.asset_id}/{checkpoints.NORM_STATS_FILE}": norm_stats.dumps({"state": unit, "actions": unit}).encode(),
               checkpoints.TOKENIZER_FILE: sentencepiece_model.read_bytes()}  # fmt: skip

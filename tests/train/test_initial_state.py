@@ -18,8 +18,10 @@ from flax import nnx
 from recap_ray.configs import registry
 from recap_ray.models import value_weights, weights
 from recap_ray.train import initial_state, optim, sharding, state as state_lib, tasks
+from tests.train.conftest import random_params
 
 SEED = 3
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _lora_task(params_dir: Path) -> tasks.PolicyTask:
@@ -27,13 +29,6 @@ def _lora_task(params_dir: Path) -> tasks.PolicyTask:
     base = registry.get("pi06_tiny")
     model = dataclasses.replace(base.model, paligemma_variant="tiny_lora", action_expert_variant="tiny_expert_lora")
     return tasks.PolicyTask(dataclasses.replace(base, model=model), Path("unused"), init=str(params_dir), norm_stats_path=None)
-
-
-def _random_params(abstract: nnx.Module, seed: int) -> dict[str, Any]:
-    """Normal leaves shaped as the model's parameters, not its init, so a load shows."""
-    rng = np.random.default_rng(seed)
-    flat = weights.flatten(weights.model_params(abstract))
-    return weights.unflatten({p: rng.standard_normal(x.shape, np.float32).astype(x.dtype) for p, x in flat.items()})
 
 
 def _program(task: tasks.Task, mesh: jax.sharding.Mesh, **kw: Any) -> initial_state.Program:
@@ -64,7 +59,7 @@ def _assert_same(got: state_lib.TrainState, want: state_lib.TrainState) -> None:
 
 def test_value_from_pistar_checkpoint_equals_load_model(tmp_path, sentencepiece_model):
     config = registry.get("value_tiny")
-    raw, ema = _random_params(config.abstract_model(), 1), _random_params(config.abstract_model(), 2)
+    raw, ema = random_params(config.abstract_model(), 1), random_params(config.abstract_model(), 2)
     path = value_weights.save_checkpoint(tmp_path / "ckpts", 7, raw, ema)
     task = tasks.ValueTask(config, sentencepiece_model, init=str(path))
     tx = optim.optimizer(task.optimizer(100))
@@ -82,7 +77,8 @@ def test_value_from_pistar_checkpoint_equals_load_model(tmp_path, sentencepiece_
 
 def test_lora_policy_on_four_devices_equals_the_one_device_build(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, __file__, str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "tests.train.test_initial_state", str(tmp_path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["devices"] == 4
@@ -97,7 +93,7 @@ def _four_devices(tmp: Path) -> dict[str, Any]:
     every leaf eligible to split, against the one-device build the trainer had (eager: create, load, cast,
     `state_lib.create`)."""
     config = registry.get("pi06_tiny")
-    params = _random_params(config.model.abstract_model(), SEED)
+    params = random_params(config.model.abstract_model(), SEED)
     weights.save(tmp / "params", params)
     task = _lora_task(tmp / "params")
     tx = optim.optimizer(task.optimizer(100))
