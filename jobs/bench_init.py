@@ -32,7 +32,7 @@ from jobs import cli
 from recap_ray.configs import registry
 from recap_ray.models import lora, weights
 from recap_ray.models.value_config import ValueModelConfig
-from recap_ray.train import initial_state, optim, sharding, tasks
+from recap_ray.train import initial_state, initial_weights, optim, sharding, tasks
 
 GB = 1e9
 
@@ -63,7 +63,7 @@ def measure(name: str, mesh: jax.sharding.Mesh) -> dict[str, Any]:
     leaves = {p: x for p, x in weights.flatten(weights.model_params(nnx.eval_shape(task.create_model))).items()
               if not lora.is_lora_path(p)}  # what a checkpoint gives  # fmt: skip
     tx = optim.optimizer(task.optimizer(1_000))
-    built = initial_state.program(task.create_model, leaves, task.trainable(), tx, use_ema=task.ema_decay is not None,
+    built = initial_state.program(task.create_model, initial_weights.Host(leaves), task.trainable(), tx, use_ema=task.ema_decay is not None,
                                   seed=0, mesh=mesh)  # fmt: skip
     memory = built.memory()
     return {"config": name, "devices": mesh.size, "device_kind": mesh.devices.flat[0].device_kind,

@@ -44,7 +44,7 @@ from flax import nnx
 
 from jobs import cli
 from recap_ray.configs import registry
-from recap_ray.train import initial_state, optim, sharding, state as state_lib, step as step_lib, tasks
+from recap_ray.train import initial_state, initial_weights, optim, sharding, state as state_lib, step as step_lib, tasks
 
 
 
@@ -165,7 +165,7 @@ def measure(case: Case, per_device_batch: int, n_devices: int, bench: BenchConfi
     task = case.task
     tx = optim.optimizer(task.optimizer(1_000))
     use_ema = task.ema_decay is not None
-    graphdef, state, shardings = initial_state.program(task.create_model, {}, task.trainable(), tx, use_ema=use_ema,
+    graphdef, state, shardings = initial_state.program(task.create_model, initial_weights.Host(), task.trainable(), tx, use_ema=use_ema,
                                                        seed=bench.seed, mesh=mesh).build()  # the trainers' random init  # fmt: skip
     global_batch = per_device_batch * n_devices
     rng = np.random.default_rng(bench.seed)

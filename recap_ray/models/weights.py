@@ -57,25 +57,79 @@ def _path(path: str | os.PathLike[str]) -> str:
     return s if "://" in s else str(Path(s).resolve())
 
 
+def _leaf_metadata(path: str) -> dict[str, tuple[tuple[str, ...], Any]]:
+    """{leaf path, trailing `value` stripped: (its key in the stored item, its metadata)} of an openpi params item.
+    Reads metadata only."""
+    with ocp.PyTreeCheckpointer() as ckptr:
+        meta = ckptr.metadata(path)
+    meta = getattr(meta, "item_metadata", meta)
+    tree = dict(getattr(meta, "tree", meta))
+    if PARAMS_ITEM not in tree:
+        raise ValueError(f"{path}: not an openpi params checkpoint (top-level keys {sorted(tree)}, expected 'params')")
+    flat = traverse_util.flatten_dict({PARAMS_ITEM: tree[PARAMS_ITEM]})
+    strip = bool(flat) and all(key[-1] == "value" for key in flat)
+    return {"/".join(key[1:-1] if strip else key[1:]): (key, m) for key, m in flat.items()}
+
+
+def _read(path: str, args: Mapping[str, ocp.RestoreArgs], stored: Mapping[str, tuple[tuple[str, ...], Any]]) -> dict[str, Any]:
+    """The leaves `args` names ({leaf path: how to restore it}), and no others (orbax partial restore); `stored`:
+    `_leaf_metadata(path)`."""
+    item = traverse_util.unflatten_dict({stored[p][0]: stored[p][1] for p in args})
+    restore_args = traverse_util.unflatten_dict({stored[p][0]: a for p, a in args.items()})
+    with ocp.PyTreeCheckpointer() as ckptr:
+        out = traverse_util.flatten_dict(ckptr.restore(path, ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)))
+    return {p: out[stored[p][0]] for p in args}
+
+
 def restore(params_dir: str | os.PathLike[str], *, dtype: Any = None) -> dict[str, Any]:
     """Read an openpi `params/` item as a pure dict of numpy arrays (trailing `value` keys stripped).
 
     dtype: cast every leaf on read (serving uses bfloat16); None keeps the stored dtypes.
     """
-    path = _path(params_dir)
-    with ocp.PyTreeCheckpointer() as ckptr:
-        meta = ckptr.metadata(path)
-        meta = getattr(meta, "item_metadata", meta)
-        tree = dict(getattr(meta, "tree", meta))
-        if PARAMS_ITEM not in tree:
-            raise ValueError(f"{path}: not an openpi params checkpoint (top-level keys {sorted(tree)}, expected 'params')")
-        item = {PARAMS_ITEM: tree[PARAMS_ITEM]}
-        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype), item)
-        params = ckptr.restore(path, ocp.args.PyTreeRestore(item=item, restore_args=args))[PARAMS_ITEM]
-    flat = traverse_util.flatten_dict(params)
-    if flat and all(key[-1] == "value" for key in flat):
-        flat = {key[:-1]: v for key, v in flat.items()}
-    return traverse_util.unflatten_dict(flat)
+    stored = _leaf_metadata(path := _path(params_dir))
+    return unflatten(_read(path, {p: ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype) for p in stored}, stored))
+
+
+def _check_fit(reference: Mapping[str, Any], got: Mapping[str, Any], may_be_missing: Callable[[str], bool], source: str) -> None:
+    """Raise CheckpointMismatch listing every reference path `got` lacks (unless `may_be_missing`), every path of
+    `got` the reference lacks, and every shape mismatch ({path: anything with a shape} both)."""
+    missing = sorted(p for p in reference if p not in got and not may_be_missing(p))
+    extra = sorted(p for p in got if p not in reference)
+    misshaped = sorted(
+        f"{p}: {tuple(got[p].shape)} vs {tuple(reference[p].shape)}"
+        for p in reference
+        if p in got and tuple(got[p].shape) != tuple(reference[p].shape)
+    )
+    if missing or extra or misshaped:
+        raise CheckpointMismatch(source, missing, extra, misshaped)
+
+
+def fit(
+    reference: Mapping[str, Any], params_dir: str | os.PathLike[str], *, may_be_missing: Callable[[str], bool] = lora.is_lora_path
+) -> dict[str, jax.ShapeDtypeStruct]:
+    """The reference's shape and dtype ({path: ShapeDtypeStruct}) for every leaf `params_dir` has, once its metadata
+    is checked against `reference` (a model's parameter pure dict) as `merge` checks. Reads no array."""
+    ref, stored = flatten(reference), _leaf_metadata(_path(params_dir))
+    _check_fit(ref, {p: m for p, (_, m) in stored.items()}, may_be_missing, os.fspath(params_dir))
+    return {p: jax.ShapeDtypeStruct(tuple(x.shape), x.dtype) for p, x in ref.items() if p in stored}
+
+
+def restore_leaves(params_dir: str | os.PathLike[str], targets: Mapping[str, jax.ShapeDtypeStruct]) -> dict[str, Any]:
+    """The leaves `targets` names, each cast to its target's dtype on read: a jax.Array laid out as its target's
+    sharding where it has one (each process reads only its own devices' shards: no host holds the whole
+    checkpoint), else a host numpy array."""
+    def args(t: jax.ShapeDtypeStruct) -> ocp.RestoreArgs:
+        if t.sharding is None:
+            return ocp.RestoreArgs(restore_type=np.ndarray, dtype=t.dtype)
+        return ocp.ArrayRestoreArgs(sharding=t.sharding, dtype=t.dtype, global_shape=tuple(t.shape))
+
+    if not targets:
+        return {}
+    stored = _leaf_metadata(path := _path(params_dir))
+    unknown = sorted(set(targets) - set(stored))
+    if unknown:
+        raise KeyError(f"{path}: no such leaves in the checkpoint: {unknown[:5]}")
+    return _read(path, {p: args(t) for p, t in targets.items()}, stored)
 
 
 def merge(
@@ -92,15 +146,7 @@ def merge(
     absent from the reference, and shape mismatches, are always errors. All are listed at once.
     """
     ref, got = flatten(reference), flatten(loaded)
-    missing = sorted(p for p in ref if p not in got and not may_be_missing(p))
-    extra = sorted(p for p in got if p not in ref)
-    misshaped = sorted(
-        f"{p}: {tuple(got[p].shape)} vs {tuple(ref[p].shape)}"
-        for p in ref
-        if p in got and tuple(got[p].shape) != tuple(ref[p].shape)
-    )
-    if missing or extra or misshaped:
-        raise CheckpointMismatch(source, missing, extra, misshaped)
+    _check_fit(ref, got, may_be_missing, source)
     kept = [p for p in ref if p not in got]
     if kept:
         logger.info("%s: %d leaves not in the checkpoint keep their init (e.g. %s)", source, len(kept), kept[0])
@@ -114,8 +160,8 @@ def model_params(model: nnx.Module) -> dict[str, Any]:
 
 def load_leaves(reference: Mapping[str, Any], params_dir: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """The leaves of `params_dir` for a model whose parameter pure dict (arrays or ShapeDtypeStructs) is
-    `reference`: {path: host array} in the reference's dtypes (strict merge, LoRA leaves may be absent)."""
-    return flatten(merge(reference, restore(params_dir), source=os.fspath(params_dir)))
+    `reference`: {path: host array} in the reference's dtypes (strict: `fit`; LoRA leaves may be absent)."""
+    return restore_leaves(params_dir, fit(reference, params_dir))
 
 
 def load_into(model: nnx.Module, params_dir: str | os.PathLike[str]) -> None:

@@ -25,7 +25,7 @@ from recap_ray.configs import registry
 from recap_ray.data import dataset as dataset_mod
 from recap_ray.data import versions
 from recap_ray.models import value_config
-from recap_ray.train import batches, checkpointing, initial_state, optim, run_record, samples, sharding, step as step_lib, tasks
+from recap_ray.train import batches, checkpointing, initial_state, initial_weights, optim, run_record, samples, sharding, step as step_lib, tasks
 
 logger = logging.getLogger(__name__)
 
@@ -174,13 +174,13 @@ def _defaults(job: TrainJob, config: Any) -> tuple[int, int, int, int]:
     )
 
 
-def _initial_weights(task: tasks.Task, resuming: bool) -> dict[str, Any]:
-    """The task's initial weights; a resumed run needs only the frozen ones (and reads nothing when there are
+def _initial_weights(task: tasks.Task, resuming: bool) -> initial_weights.InitialWeights:
+    """The task's initial weights; a resumed run needs only the frozen ones (and opens nothing when there are
     none: a full fine-tune resumed after a preemption does not read its SFT checkpoint again)."""
     if not resuming:
         return task.initial_weights()
     frozen = initial_state.frozen_paths(task.create_model, task.trainable())
-    return {p: v for p, v in task.initial_weights().items() if p in frozen} if frozen else {}
+    return task.initial_weights().only(frozen) if frozen else initial_weights.Host()
 
 
 def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_lib.Tracker | None = None) -> dict[str, Any]:

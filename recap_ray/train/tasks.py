@@ -25,7 +25,7 @@ from recap_ray.models import checkpoints, value_tokenizer, value_weights, weight
 from recap_ray.models import value as value_lib
 from recap_ray.models import tokenizer as tokenizer_mod
 from recap_ray.models.value_config import ValueModelConfig
-from recap_ray.train import optim, samples, state as state_lib, step as step_lib
+from recap_ray.train import initial_weights as initial_weights_lib, optim, samples, state as state_lib, step as step_lib
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +53,13 @@ class ValueTask:
         """A freshly initialised model (traceable: the trainer draws it under jit, already split over its mesh)."""
         return self.config.create(self.config.seed)
 
-    def initial_weights(self) -> dict[str, Any]:
-        """The initial weights as host arrays {path: array} in the model's dtypes, every parameter present: the
-        bundle of $OPENPI_VLM_CKPT_DIR ("bundle"), a bundle directory, one of our runs or steps, a pistar
-        checkpoint (local or gs://); none for random weights."""
+    def initial_weights(self) -> initial_weights_lib.InitialWeights:
+        """The initial weights, read here as host arrays in the model's dtypes (the bundles convert on the host),
+        every parameter present: the bundle of $OPENPI_VLM_CKPT_DIR ("bundle"), a bundle directory, one of our
+        runs or steps, a pistar checkpoint (local or gs://); none for random weights."""
         source = self.init if self.init is not None else self.config.init_weights
         if source is None:
-            return {}
+            return initial_weights_lib.Host()
         path = epath.Path(source)  # local, or a bucket (gs://): pathlib would turn gs://b/x into gs:/b/x
         if source == "bundle":
             params = value_weights.load_params(self.config)
@@ -69,7 +69,7 @@ class ValueTask:
             params = value_weights.load_params(self.config, bundle_dir=path)
         else:
             params = value_weights.load_params(self.config, checkpoint=path, use_ema=True)
-        return value_weights.checked_params(self.config, params)
+        return initial_weights_lib.Host(value_weights.checked_params(self.config, params))
 
     def check_init(self, flag: str = "--init") -> None:
         """Raise before training starts when the initial weights (`flag`, else the config's) are not there
@@ -233,17 +233,17 @@ class PolicyTask:
         model = self.config.model.create(nnx.Rngs(jax.random.key(self.config.seed)))
         return state_lib.cast_frozen(model, self.config.model.frozen_filter())
 
-    def initial_weights(self) -> dict[str, Any]:
-        """The initial weights as host arrays {path: array} in the model's dtypes: openpi params from an SFT/base
-        `params/` dir or one of our runs or steps (local or gs://); none for random weights. LoRA leaves are
-        absent from openpi's checkpoints and keep their init."""
+    def initial_weights(self) -> initial_weights_lib.InitialWeights:
+        """The initial weights, checked against the model but not read (each process reads its devices' shards):
+        openpi params from an SFT/base `params/` dir or one of our runs or steps (local or gs://); none for random
+        weights. LoRA leaves are absent from openpi's checkpoints and keep their init."""
         source = self.init if self.init is not None else self.config.init_params
         if source is None or source == "none":
-            return {}
+            return initial_weights_lib.Host()
         path = epath.Path(source)
         if checkpoints.is_run_dir(path) or (path / checkpoints.PARAMS_ITEM).is_dir():
             source = str(checkpoints.params_dir(checkpoints.resolve(path)))
-        return weights.load_leaves(weights.model_params(nnx.eval_shape(self.create_model)), source)  # else: a params/ dir
+        return initial_weights_lib.Checkpoint.open(weights.model_params(nnx.eval_shape(self.create_model)), source)  # else: a params/ dir
 
     def check_init(self, flag: str = "--init") -> None:
         """Raise before training starts when the initial weights (`flag`, else the config's) are not there

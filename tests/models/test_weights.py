@@ -113,3 +113,32 @@ def test_lora_config_loads_full_weights_and_keeps_lora_init(tmp_path, source):
     weights.save(tmp_path / "lora", model)
     with pytest.raises(weights.CheckpointMismatch, match="lora_a"):
         weights.load_into(CONFIG.create(_rngs(0)), tmp_path / "lora")
+
+
+def test_fit_reads_metadata_only_and_restore_leaves_reads_what_is_named(tmp_path, source):
+    """`fit` checks a checkpoint against the model from its metadata alone (it works with the array data gone);
+    `restore_leaves` reads just the named leaves, cast to each target's dtype."""
+    _, params = source
+    _openpi_style_checkpoint(tmp_path / "ckpt", params, value_suffix=False)
+    reference = weights.model_params(nnx.eval_shape(lambda: LORA_CONFIG.create(_rngs(0))))
+    lora_leaves = set(weights.lora_paths(reference))
+    targets = weights.fit(reference, tmp_path / "ckpt")
+    assert set(targets) == set(weights.flatten(reference)) - lora_leaves == set(weights.flatten(params))
+
+    named = {"action_out_proj/kernel": jax.ShapeDtypeStruct((32, 32), jnp.bfloat16), "time_mlp_in/bias": targets["time_mlp_in/bias"]}
+    got = weights.restore_leaves(tmp_path / "ckpt", named)
+    assert set(got) == set(named) and got["action_out_proj/kernel"].dtype == jnp.bfloat16
+    for p, t in named.items():
+        np.testing.assert_array_equal(got[p], np.asarray(weights.flatten(params)[p]).astype(t.dtype), err_msg=p)
+    with pytest.raises(KeyError, match="no such leaves in the checkpoint: \\['bogus/w'\\]"):
+        weights.restore_leaves(tmp_path / "ckpt", {"bogus/w": jax.ShapeDtypeStruct((1,), jnp.float32)})
+
+    for data in (tmp_path / "ckpt").glob("ocdbt.process_*"):  # the arrays' bytes: gone
+        for f in data.rglob("*"):
+            if f.is_file():
+                f.unlink()
+    assert weights.fit(reference, tmp_path / "ckpt") == targets
+    bigger = weights.unflatten({**weights.flatten(reference), "extra/w": jax.ShapeDtypeStruct((2,), jnp.float32)})
+    with pytest.raises(weights.CheckpointMismatch) as err:
+        weights.fit(bigger, tmp_path / "ckpt")
+    assert err.value.missing == ["extra/w"] and not err.value.extra and not err.value.misshaped

@@ -23,7 +23,7 @@ from recap_ray.configs import registry
 from recap_ray.data import dataset, norm_stats, versions
 from recap_ray.models import checkpoints, value_weights, weights
 from recap_ray.serve import policy as policy_lib
-from recap_ray.train import checkpointing, run_record, tasks
+from recap_ray.train import checkpointing, run_record, sharding, tasks
 from tests.train.conftest import random_params
 
 STEP = 3
@@ -62,13 +62,13 @@ def test_value_init_from_bucket(value_runs, gcs_bucket, sentencepiece_model):
     local, remote, ema = value_runs
     config = registry.get("value_tiny")
     for source in (remote, f"{remote}/checkpoints/{STEP}"):  # a run directory, one step directory
-        got = tasks.ValueTask(config, sentencepiece_model, init=source).initial_weights()
+        got = tasks.ValueTask(config, sentencepiece_model, init=source).initial_weights().read()
         _assert_params_equal(got, ema)  # --init takes the EMA weights
 
     copied = epath.Path(f"{gcs_bucket}/copied/value")  # a local run copied up file by file (gsutil cp -r)
     for f in checkpoints.files(local):
         (copied / f.relative_to(local)).write_bytes(f.read_bytes())
-    _assert_params_equal(tasks.ValueTask(config, sentencepiece_model, init=str(copied)).initial_weights(), ema)
+    _assert_params_equal(tasks.ValueTask(config, sentencepiece_model, init=str(copied)).initial_weights().read(), ema)
     with pytest.raises(FileNotFoundError, match=f"no checkpoint directory at {gcs_bucket}/runs/nothing$"):  # not gs:/
         tasks.ValueTask(config, sentencepiece_model, init=f"{gcs_bucket}/runs/nothing").initial_weights()
 
@@ -77,7 +77,7 @@ def test_value_init_from_bucket(value_runs, gcs_bucket, sentencepiece_model):
     with ocp.PyTreeCheckpointer() as ckptr:
         ckptr.save(bundle / value_weights.GEMMA_SUBDIR / "step_00000001", {"params": params, "ema_params": ema, "step": 1})
     (bundle / value_weights.TOKENIZER_FILE).write_bytes(sentencepiece_model.read_bytes())
-    got = tasks.ValueTask(config, sentencepiece_model, init=str(bundle)).initial_weights()
+    got = tasks.ValueTask(config, sentencepiece_model, init=str(bundle)).initial_weights().read()
     _assert_params_equal(got, params)  # a bundle gives its params, as pistar trains from
 
 
@@ -92,9 +92,12 @@ def test_policy_init_and_serving_from_bucket(gcs_bucket, sentencepiece_model):
     openpi_params = f"{gcs_bucket}/openpi/pi06_tiny/params"  # openpi's bare params/ item, as gs://openpi-assets has
     weights.save(openpi_params, params)
 
+    mesh = sharding.make_mesh()
     for source in (run, openpi_params):  # a step directory takes the run's branch (value test)
-        got = tasks.PolicyTask(config, sentencepiece_model, init=source, norm_stats_path=None).initial_weights()
-        _assert_params_equal(got, params)
+        initial = tasks.PolicyTask(config, sentencepiece_model, init=source, norm_stats_path=None).initial_weights()
+        _assert_params_equal(initial.read(), params)
+        placed = initial.place({p: sharding.replicated(mesh) for p in initial.specs})  # read by tensorstore into the mesh
+        _assert_params_equal({p: np.asarray(x) for p, x in placed.items()}, params)
 
     policy = policy_lib.Policy.load(run, "pi06_tiny_infer")  # weights, norm stats and tokenizer from the bucket
     served = weights.flatten(nnx.to_pure_dict(policy._state))
