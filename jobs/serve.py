@@ -142,6 +142,17 @@ def connect(config: Config) -> None:
     cli.connect_ray()
 
 
+def _check_gpus(per_replica: float, cluster_gpus: float, *, joined: bool) -> None:
+    """An embedded Ray has all the GPUs it will ever have: too few is an error. A cluster that autoscales may
+    have no GPU node up yet (KubeRay's GPU group at minReplicas 0): the replica waits for one, so only warn."""
+    if per_replica <= 0 or cluster_gpus >= per_replica:
+        return
+    message = f"--num-gpus {per_replica} per model replica, but the Ray cluster has {cluster_gpus} GPUs"
+    if not joined:
+        raise ValueError(f"{message} (pass --num-gpus 0 to serve on CPU)")
+    logger.warning("%s now: the model replica waits until the autoscaler adds a GPU node", message)
+
+
 def start(config: Config) -> tuple[str, dict[str, Any]]:
     """Deploy the application and wait until it accepts connections; returns (ws URI, metadata). A user's
     checkpoint is checked first by `main` (`check`); the round and the benchmark serve ones they wrote."""
@@ -149,10 +160,7 @@ def start(config: Config) -> tuple[str, dict[str, Any]]:
         connect(config)
     elif config.app.direct_ingress:
         _check_direct_ingress_env(config.port)
-    gpus = ray.cluster_resources().get("GPU", 0)
-    if config.app.num_gpus > 0 and gpus < config.app.num_gpus:
-        raise ValueError(f"--num-gpus {config.app.num_gpus} per model replica, but the Ray cluster has {gpus} "
-                         "GPUs (pass --num-gpus 0 to serve on CPU)")  # fmt: skip
+    _check_gpus(config.app.num_gpus, ray.cluster_resources().get("GPU", 0), joined=bool(os.environ.get("RAY_ADDRESS")))
     app = dataclasses.replace(config.app, checkpoint=checkpoints.absolute_if_here(config.app.checkpoint),
                               tokenizer=checkpoints.absolute_if_here(config.app.tokenizer))  # fmt: skip
     # Direct ingress still starts Serve's proxies (the replicas' HTTP servers need an HTTP config): give them

@@ -191,6 +191,16 @@ def test_serve_checks_checkpoint_and_config_before_ray(tmp_path, no_ray, monkeyp
         app_config.AppConfig(checkpoint="c", config="pi06_tiny_infer", num_steps=0)
 
 
+def test_serve_gpu_check_refuses_an_embedded_ray_but_waits_for_a_cluster_autoscaler(caplog):
+    with pytest.raises(ValueError, match="--num-gpus 1 per model replica, but the Ray cluster has 0 GPUs .*--num-gpus 0"):
+        serve._check_gpus(1, 0, joined=False)
+    with caplog.at_level("WARNING", logger=serve.__name__):
+        serve._check_gpus(1, 0, joined=True)  # KubeRay's GPU group at minReplicas 0
+    assert "waits until the autoscaler adds a GPU node" in caplog.text
+    serve._check_gpus(0, 0, joined=False)
+    serve._check_gpus(1, 8, joined=False)
+
+
 def test_data_jobs_name_the_flag_and_write_nothing(tmp_path, data):
     (tmp_path / "out").mkdir()
     with pytest.raises(ValueError, match=r"--output .*out is a directory; give the file to write"):
