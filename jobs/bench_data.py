@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from jobs import cli
-from recap_ray.data import dataset, features, writer
+from recap_ray.data import dataset, features, recap_columns, writer
 
 PEER = Path(__file__).resolve().parents[1] / "tests" / "interop" / "lerobot_peer.py"
 VENVS = Path(os.environ.get("RECAP_PEER_VENVS", Path.home() / ".cache" / "recap-ray" / "venvs"))
@@ -54,18 +54,23 @@ class Config:
     frames and size (empty: a temporary directory)."""
 
 
-def _make(root: Path, c: Config) -> Path:
-    feats = {"observation.state": {"dtype": "float32", "shape": [14], "names": None}}
+def make_dataset(root: Path, episodes: int, frames: int, height: int, width: int, codec: str = "libsvtav1", seed: int = 0) -> Path:
+    """A YAM-like v3.0 dataset for the benchmarks: three cameras of smooth moving gradients, 14-wide state and
+    action, the RECAP columns (even episodes succeed, every third frame an intervention)."""
+    feats = {"observation.state": {"dtype": "float32", "shape": [14], "names": None},
+             "action": {"dtype": "float32", "shape": [14], "names": None}, **recap_columns.FEATURES}  # fmt: skip
     for cam in features.YAM_CAMERAS:
-        feats[cam] = {"dtype": "video", "shape": [c.height, c.width, 3], "names": ["height", "width", "channels"]}
-    w = writer.DatasetWriter(root, fps=30, features=feats, version="v3.0", video_codec=c.codec)
-    rng = np.random.default_rng(c.seed)
-    yy, xx = np.mgrid[0 : c.height, 0 : c.width]
-    for ep in range(c.episodes):
-        cols = {"observation.state": rng.normal(size=(c.frames, 14)).astype(np.float32)}
+        feats[cam] = {"dtype": "video", "shape": [height, width, 3], "names": ["height", "width", "channels"]}
+    w = writer.DatasetWriter(root, fps=30, features=feats, version="v3.0", video_codec=codec)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    for ep in range(episodes):
+        state = rng.normal(size=(frames, 14)).astype(np.float32)
+        cols = {"observation.state": state, "action": state + np.float32(0.1),
+                **recap_columns.compute(ep % 2 == 0, (np.arange(frames) % 3 == 0).astype(np.int64))}  # fmt: skip
         for k, cam in enumerate(features.YAM_CAMERAS):
-            t = np.arange(c.frames)[:, None, None]
-            img = np.zeros((c.frames, c.height, c.width, 3), np.uint8)
+            t = np.arange(frames)[:, None, None]
+            img = np.zeros((frames, height, width, 3), np.uint8)
             img[..., 0] = (xx + 3 * t + 40 * k) % 256
             img[..., 1] = (yy + 2 * t) % 256
             img[..., 2] = (xx * yy // 64 + 10 * ep) % 256
@@ -74,13 +79,15 @@ def _make(root: Path, c: Config) -> Path:
     return w.finalize()
 
 
-def _reusable(root: Path, c: Config) -> bool:
+def reusable(root: Path, episodes: int, frames: int, height: int, width: int) -> bool:
+    """Whether `root` holds a `make_dataset` dataset of this size (with the action column of later versions)."""
     info = root / "meta" / "info.json"
     if not info.is_file():
         return False
     meta = json.loads(info.read_text())
     shapes = {tuple(meta["features"].get(cam, {}).get("shape", ())) for cam in features.YAM_CAMERAS}
-    return (meta["total_episodes"], meta["total_frames"], shapes) == (c.episodes, c.episodes * c.frames, {(c.height, c.width, 3)})
+    return ((meta["total_episodes"], meta["total_frames"], shapes) == (episodes, episodes * frames, {(height, width, 3)})
+            and "action" in meta["features"])  # fmt: skip
 
 
 def _as_float_chw(frames: np.ndarray) -> np.ndarray:
@@ -119,12 +126,11 @@ def _lerobot(root: Path, global_idx: np.ndarray, tmp: Path) -> dict:
 def main(c: Config) -> dict:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        if not c.root:
-            root = _make(tmp / "bench_ds", c)
-        elif _reusable(Path(c.root), c):
+        size = (c.episodes, c.frames, c.height, c.width)
+        if c.root and reusable(Path(c.root), *size):
             root = Path(c.root)
         else:
-            root = _make(Path(c.root), c)
+            root = make_dataset(Path(c.root) if c.root else tmp / "bench_ds", *size, codec=c.codec, seed=c.seed)
         rng = np.random.default_rng(c.seed)
         total = c.episodes * c.frames
         modes = {
