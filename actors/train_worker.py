@@ -173,7 +173,7 @@ def trainer(job: loop.TrainJob, resources: Resources, *, storage_path: str | Non
     if resources.min_workers is not None and resources.min_workers < resources.num_workers:
         workers = (resources.min_workers, resources.num_workers)
     env = dict(resources.env)
-    # CPU as well on GPU hosts: the loader augments value-model images on the host.
+    # Named, so a GPU worker whose CUDA backend does not start fails at once instead of training on its CPU.
     env.setdefault("JAX_PLATFORMS", "cuda,cpu" if on_gpu else "cpu")
     for key in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR"):
         if key in os.environ:

@@ -76,6 +76,7 @@ class RoundConfig:
     positive_ratio: float = 0.3  # fraction of autonomous frames labelled positive
     num_workers: int = 1  # training workers (hosts)
     gpus_per_worker: int = 0  # GPUs per training worker
+    cpus_per_worker: float = 1.0  # CPUs reserved per training worker: its loader's decode threads (at least 4)
     num_actors: int = 1  # value-inference actors
     gpus_per_actor: float | None = None  # GPUs per actor
     eval_episodes: int = 0  # closed-loop episodes on the simulated task (0: no evaluation)
@@ -86,7 +87,7 @@ class RoundConfig:
     dagger: session.DaggerConfig = session.DaggerConfig()  # simulated operator of the collect stage
 
     def __post_init__(self) -> None:
-        checks.at_least(self, lookahead=1, num_workers=1, gpus_per_worker=0, num_actors=1, gpus_per_actor=0,
+        checks.at_least(self, lookahead=1, num_workers=1, gpus_per_worker=0, cpus_per_worker=0, num_actors=1, gpus_per_actor=0,
                         batch_size=1, value_steps=1, policy_steps=1, sft_steps=1, eval_episodes=0, collect_rollouts=0,
                         collect_seed=0)  # fmt: skip
         if not 0 < self.positive_ratio <= 1:
@@ -240,7 +241,7 @@ def train_stage(kind: str, rc: RoundConfig, dataset: str, run_dir: Path, init: s
     one of another kind, config or dataset).
     """
     common = dict(dataset=Path(dataset), run_dir=str(run_dir), num_workers=rc.num_workers, gpus_per_worker=rc.gpus_per_worker,
-                  batch_size=rc.batch_size, init=init, resume=True, cameras=tuple(rc.cameras))  # fmt: skip
+                  cpus_per_worker=rc.cpus_per_worker, batch_size=rc.batch_size, init=init, resume=True, cameras=tuple(rc.cameras))  # fmt: skip
     if kind == "value":
         config = training.Config(config=rc.value_config, tokenizer=rc.value_tokenizer,
                                  num_steps=steps or rc.value_steps, **common)  # fmt: skip

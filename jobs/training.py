@@ -40,7 +40,7 @@ class Config:
     gpus_per_worker: int = 0
     """GPUs each worker owns (all of its host's); 0 trains on CPU."""
     cpus_per_worker: float = 1.0
-    """CPUs reserved per worker."""
+    """CPUs reserved per worker (and the loader's decode threads by default)."""
     num_steps: int | None = None
     """Optimizer steps (default: the config's)."""
     save_interval: int | None = None
@@ -63,8 +63,8 @@ class Config:
     """Micro-batches per step (gradient accumulation)."""
     keep_checkpoints: int = 2
     """Newest checkpoints kept."""
-    loader_threads: int = 4
-    """Decode threads per worker."""
+    loader_threads: int | None = None
+    """Decode threads per worker (default: --cpus-per-worker, at least 4; jobs.bench_loader sizes it)."""
     cameras: tuple[str, ...] = ()
     """Dataset cameras as ROLE=KEY: roles base, wrist (left), right_wrist, as relabel's --base-camera etc.; KEY none: masked; default YAM's."""
 
@@ -167,6 +167,13 @@ def prepare_run_dir(config: Config, kind: str, fingerprint: str, cameras: dict[s
         raise ValueError(f"{run_dir}: cannot resume, the run differs: " + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in mismatch.items()))
 
 
+def loader_threads(config: Config) -> int:
+    """--loader-threads, else one decode thread per CPU the worker reserves, at least 4. A policy example at YAM's
+    640x480 costs ~19 ms of CPU, a value example ~13 ms (BENCHMARKS.md, "Training input"), so an 8-GPU host
+    needs ~4 cores to feed pi0.6 and ~28 to feed the value model: a fixed 4 threads starved the latter."""
+    return config.loader_threads or max(4, int(config.cpus_per_worker))
+
+
 def make_job(config: Config, kind: str, fingerprint: str, **extra: Any) -> loop.TrainJob:
     """The job every worker runs; local paths made absolute (Ray Train runs workers in a directory of its own)."""
     extra = {k: checkpoints.absolute_if_here(v) if k == "norm_stats" else v for k, v in extra.items()}
@@ -176,7 +183,7 @@ def make_job(config: Config, kind: str, fingerprint: str, **extra: Any) -> loop.
         session=uuid.uuid4().hex[:12], dataset_fingerprint=fingerprint,
         num_steps=config.num_steps, batch_size=config.batch_size, save_interval=config.save_interval,
         log_interval=config.log_interval, init=checkpoints.absolute_if_here(config.init), fsdp_devices=config.fsdp_devices,
-        grad_accum=config.grad_accum, keep_checkpoints=config.keep_checkpoints, loader_threads=config.loader_threads,
+        grad_accum=config.grad_accum, keep_checkpoints=config.keep_checkpoints, loader_threads=loader_threads(config),
         cameras=parse_cameras(config.cameras), **extra,
     )  # fmt: skip
 

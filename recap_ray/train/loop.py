@@ -53,7 +53,7 @@ class TrainJob:
     keep_checkpoints: int = 2  # newest checkpoints kept
     async_save: bool = True  # write checkpoints in the background
     loader_threads: int = 4  # decode threads per process
-    prefetch: int = 8  # batches decoded ahead
+    prefetch: int = 8  # batches decoded ahead (at least one a thread)
     cameras: tuple[tuple[str, str | None], ...] = ()  # (role, dataset camera or None: masked) over samples.YAM_CAMERA_ROLES
 
 
@@ -241,7 +241,8 @@ def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_
     metrics: dict[str, Any] = {}
     loader = batches.BatchLoader(job.dataset, maker, global_batch=global_batch, seed=task.config.seed,
                                  process_index=ctx.rank, process_count=ctx.world_size, position=position,
-                                 threads=job.loader_threads, prefetch=job.prefetch, fingerprint=fingerprint)  # fmt: skip
+                                 threads=job.loader_threads, prefetch=max(job.prefetch, job.loader_threads),
+                                 fingerprint=fingerprint)  # fmt: skip
     bar = tqdm(total=num_steps, initial=start, desc=f"train {job.kind}", disable=not lead)
     try:
         window_start, window_steps = time.perf_counter(), 0

@@ -137,6 +137,14 @@ def test_workers_get_local_paths_absolute(tmp_path, monkeypatch, sentencepiece_m
     assert training.make_job(dataclasses.replace(config, run_dir="gs://b/run"), "value", "fp").run_dir == "gs://b/run"
 
 
+def test_loader_threads_follow_the_workers_cpus(tmp_path, sentencepiece_model):
+    """One decode thread per CPU a worker reserves (at least 4), unless --loader-threads says otherwise."""
+    config = training.Config(dataset=tmp_path, config="pi06_tiny", run_dir=str(tmp_path / "run"), tokenizer=str(sentencepiece_model))
+    for cpus, threads, want in ((1.0, None, 4), (32.0, None, 32), (7.5, None, 7), (32.0, 2, 2)):
+        job = training.make_job(dataclasses.replace(config, cpus_per_worker=cpus, loader_threads=threads), "policy", "fp")
+        assert job.loader_threads == want, (cpus, threads)
+
+
 def test_a_run_that_finished_no_step_is_named_so(tmp_path):
     run_record.start(tmp_path / "run", "s1", kind="value", config="value_tiny")  # crashed before its first step
     config = training.Config(dataset=tmp_path / "data", config="value_tiny", run_dir=str(tmp_path / "run"))
