@@ -116,8 +116,8 @@ def fit(
 
 def restore_leaves(params_dir: str | os.PathLike[str], targets: Mapping[str, jax.ShapeDtypeStruct]) -> dict[str, Any]:
     """The leaves `targets` names, each cast to its target's dtype on read: a jax.Array laid out as its target's
-    sharding where it has one (each process reads only its own devices' shards: no host holds the whole
-    checkpoint), else a host numpy array."""
+    sharding where it has one (each process reads the stored chunks under its own devices' shards and keeps only
+    those; collective across processes), else a host numpy array."""
     def args(t: jax.ShapeDtypeStruct) -> ocp.RestoreArgs:
         if t.sharding is None:
             return ocp.RestoreArgs(restore_type=np.ndarray, dtype=t.dtype)

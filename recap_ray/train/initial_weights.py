@@ -4,8 +4,10 @@
 and Gemma's keys on the host); every process holds them all and places its devices' shards.
 `Checkpoint`: an openpi `params/` item (SFT, pi05_base, one of our policy runs; local or gs://), checked against
 the model from its metadata alone and read by orbax straight into the mesh's shardings, cast to the model's
-dtypes on read: each process reads only the byte ranges of its own devices' shards, so no host reads or holds
-the whole checkpoint (pi0.6's 3.35B weights are 13.4 GB in f32, per host, per start, from a bucket).
+dtypes on read: each process reads only the stored chunks under its own devices' shards and keeps only those
+shards, so no host holds the whole checkpoint (pi0.6's 3.35B weights are 13.4 GB in f32). Checkpoints written
+from FSDP-split arrays (ours) are chunked by shard; a leaf stored as one chunk (openpi's training at its
+default fsdp_devices=1) is read whole by each process that needs part of it.
 """
 
 from __future__ import annotations
