@@ -245,10 +245,13 @@ def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_
                                  fingerprint=fingerprint)  # fmt: skip
     bar = tqdm(total=num_steps, initial=start, desc=f"train {job.kind}", disable=not lead)
     try:
-        window_start, window_steps = time.perf_counter(), 0
+        window_start, window_steps, input_wait = time.perf_counter(), 0, 0.0
         in_flight = InFlight()
         for step in range(start, num_steps):
-            batch = sharding.global_batch(next(loader), mesh)
+            asked = time.perf_counter()
+            host_batch = next(loader)  # blocks only when the loader is behind: the device then waits for input
+            input_wait += time.perf_counter() - asked
+            batch = sharding.global_batch(host_batch, mesh)
             state, out = train_step(state, batch)
             in_flight.push(out["loss"])
             done, window_steps = step + 1, window_steps + 1
@@ -258,7 +261,8 @@ def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_
                 elapsed = time.perf_counter() - window_start
                 metrics = {k: float(v) for k, v in out.items() if np.ndim(v) == 0}
                 _check_finite(metrics["loss"], done, mngr.latest_step())
-                metrics.update(step=done, step_time=elapsed / window_steps, examples_per_s=global_batch * window_steps / elapsed)
+                metrics.update(step=done, step_time=elapsed / window_steps, examples_per_s=global_batch * window_steps / elapsed,
+                               input_wait_share=input_wait / elapsed)  # > 0.1 or so: more --loader-threads (bench_loader)
                 tracker.scalars(done, {f"train/{k}": v for k, v in metrics.items() if k != "step"})
                 if "values" in out:
                     tracker.histogram(done, "train/predicted_value", out["values"])
@@ -266,7 +270,7 @@ def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_
                 ctx.report(metrics)
                 if lead:
                     run_record.update(job.run_dir, step=done, metrics=metrics)
-                window_start, window_steps = time.perf_counter(), 0
+                window_start, window_steps, input_wait = time.perf_counter(), 0, 0.0
             stop = ctx.should_stop()
             if done % save_interval == 0 or done == num_steps or stop:
                 _check_finite(float(jax.device_get(out["loss"])), done, mngr.latest_step())

@@ -4,6 +4,7 @@ policy checkpoints come out in openpi's layout with their assets."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import jax
 import jax.numpy as jnp
@@ -91,6 +92,24 @@ def test_notice_at_the_last_step_finishes_the_run(tmp_path, train_dataset, sente
     loop.train(job, loop.WorkerContext(should_stop=iter([None, loop.PREEMPTED]).__next__))  # the notice comes at step 2
     record = run_record.read(job.run_dir)
     assert (record["status"], record["step"], record["checkpoints"]) == ("finished", 2, [2])
+
+
+def test_a_loader_that_cannot_keep_up_shows_as_input_wait(tmp_path, train_dataset, sentencepiece_model, monkeypatch):
+    """Each batch takes 0.3 s to make and a value_tiny step a few ms: once compiled, the loop spends nearly all of
+    its time waiting for input, and says so (`input_wait_share`, TensorBoard's train/input_wait_share)."""
+    make_batch = samples.make_batch
+
+    def slow(*args, **kwargs):
+        time.sleep(0.3)
+        return make_batch(*args, **kwargs)
+
+    monkeypatch.setattr(samples, "make_batch", slow)
+    reported = []
+    job = _job(tmp_path, train_dataset, sentencepiece_model, num_steps=5, save_interval=10, prefetch=1)
+    loop.train(job, loop.WorkerContext(report=reported.append))
+    shares = [m["input_wait_share"] for m in reported]
+    assert len(shares) == 5 and all(0 <= x <= 1 for x in shares)
+    assert min(shares[2:]) > 0.8, shares  # the first steps overlap the compile
 
 
 def test_policy_checkpoint_is_openpi_layout_with_assets(tmp_path, train_dataset, sentencepiece_model, monkeypatch):
