@@ -27,7 +27,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,7 @@ def _decode_share(root: Path, maker: samples.SampleMaker, bench: BenchConfig) ->
     return decode / whole
 
 
-def _spin_rate(seconds: float, during: Any = None) -> float:
+def _spin_rate(seconds: float, during: Callable[[], Any] | None = None) -> float:
     """Iterations/s of a pure-Python loop in a thread of its own, over `seconds` or while `during()` runs."""
     stop, count = threading.Event(), [0]
 
@@ -127,7 +127,10 @@ def _spin_rate(seconds: float, during: Any = None) -> float:
     thread = threading.Thread(target=spin, daemon=True)
     start = time.perf_counter()
     thread.start()
-    during() if during else time.sleep(seconds)
+    if during is None:
+        time.sleep(seconds)
+    else:
+        during()
     stop.set()
     thread.join()
     return count[0] / (time.perf_counter() - start)

@@ -4,9 +4,9 @@ Building the model on one device and then sharding it needs the whole state ther
 full fine-tune is 3.35B f32 parameters, two AdamW moments and an EMA, ~54 GB on the first GPU of
 every host before FSDP splits it, more than a 40 GB A100 holds although its 1/8 share would fit.
 Here each device is given only its shard of the initial weights (`initial_weights`: read from a
-checkpoint straight into the shardings, or placed from host arrays), and one jitted function with FSDP `out_shardings` draws the random
-leaves, builds the optimizer state and the EMA on the mesh; XLA drops the random draws of the
-leaves the checkpoint replaces. Per device: the loaded weights' share plus the state's share.
+checkpoint straight into the shardings, or placed from host arrays), and one jitted function with
+FSDP `out_shardings` draws the random leaves, builds the optimizer state and the EMA on the mesh;
+XLA drops the random draws of the leaves the checkpoint replaces. Per device: the loaded weights' share plus the state's share.
 """
 
 from __future__ import annotations
