@@ -63,7 +63,10 @@ def _leaf_metadata(path: str) -> dict[str, tuple[tuple[str, ...], Any]]:
     with ocp.PyTreeCheckpointer() as ckptr:
         meta = ckptr.metadata(path)
     meta = getattr(meta, "item_metadata", meta)
-    tree = dict(getattr(meta, "tree", meta))
+    tree = getattr(meta, "tree", meta)
+    if tree is None:  # orbax logs why and returns nothing
+        raise ValueError(f"{path}: no readable checkpoint metadata (not an orbax checkpoint, or a damaged one)")
+    tree = dict(tree)
     if PARAMS_ITEM not in tree:
         raise ValueError(f"{path}: not an openpi params checkpoint (top-level keys {sorted(tree)}, expected 'params')")
     flat = traverse_util.flatten_dict({PARAMS_ITEM: tree[PARAMS_ITEM]})
@@ -76,8 +79,15 @@ def _read(path: str, args: Mapping[str, ocp.RestoreArgs], stored: Mapping[str, t
     `_leaf_metadata(path)`."""
     item = traverse_util.unflatten_dict({stored[p][0]: stored[p][1] for p in args})
     restore_args = traverse_util.unflatten_dict({stored[p][0]: a for p, a in args.items()})
-    with ocp.PyTreeCheckpointer() as ckptr:
-        out = traverse_util.flatten_dict(ckptr.restore(path, ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)))
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            out = traverse_util.flatten_dict(ckptr.restore(path, ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)))
+    except Exception as err:  # orbax's message prints tensorstore's spec; the innermost error names the leaf
+        cause: BaseException = err
+        while cause.__cause__ or cause.__context__:
+            cause = cause.__cause__ or cause.__context__
+        reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        raise OSError(f"{path}: cannot read its arrays (damaged, or copied in part?): {reason}") from err
     return {p: out[stored[p][0]] for p in args}
 
 

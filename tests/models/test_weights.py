@@ -138,6 +138,8 @@ def test_fit_reads_metadata_only_and_restore_leaves_reads_what_is_named(tmp_path
             if f.is_file():
                 f.unlink()
     assert weights.fit(reference, tmp_path / "ckpt") == targets
+    with pytest.raises(OSError, match=f"{tmp_path / 'ckpt'}: cannot read its arrays"):  # fit passes, the read names the checkpoint
+        weights.restore_leaves(tmp_path / "ckpt", named)
     bigger = weights.unflatten({**weights.flatten(reference), "extra/w": jax.ShapeDtypeStruct((2,), jnp.float32)})
     with pytest.raises(weights.CheckpointMismatch) as err:
         weights.fit(bigger, tmp_path / "ckpt")
