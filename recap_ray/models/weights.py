@@ -82,13 +82,20 @@ def _read(path: str, args: Mapping[str, ocp.RestoreArgs], stored: Mapping[str, t
     try:
         with ocp.PyTreeCheckpointer() as ckptr:
             out = traverse_util.flatten_dict(ckptr.restore(path, ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)))
-    except Exception as err:  # orbax's message prints tensorstore's spec; the innermost error names the leaf
-        cause: BaseException = err
-        while cause.__cause__ or cause.__context__:
-            cause = cause.__cause__ or cause.__context__
-        reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-        raise OSError(f"{path}: cannot read its arrays (damaged, or copied in part?): {reason}") from err
+    except Exception as err:
+        raise unreadable(path, err) from err
     return {p: out[stored[p][0]] for p in args}
+
+
+def unreadable(path: str | os.PathLike[str], err: BaseException, hint: str = "damaged, or copied in part?") -> OSError:
+    """The error for an orbax checkpoint whose arrays cannot be read: the checkpoint's path and tensorstore's innermost
+    error, which names the leaf and the file (orbax's own message prints tensorstore's spec instead)."""
+    chain = [err]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and all(nxt is not e for e in chain):
+        chain.append(nxt)  # a context chain may loop
+    cause = chain[-1]
+    reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    return OSError(f"{os.fspath(path)}: cannot read its arrays ({hint}): {reason}")
 
 
 def restore(params_dir: str | os.PathLike[str], *, dtype: Any = None) -> dict[str, Any]:

@@ -112,6 +112,16 @@ def test_a_loader_that_cannot_keep_up_shows_as_input_wait(tmp_path, train_datase
     assert min(shares[2:]) > 0.8, shares  # the first steps overlap the compile
 
 
+def test_a_damaged_checkpoint_is_named_when_resuming(tmp_path, train_dataset, sentencepiece_model):
+    job = _job(tmp_path, train_dataset, sentencepiece_model, num_steps=2, save_interval=2)
+    loop.train(job)
+    data = max((f for f in (tmp_path / "run-value" / "checkpoints" / "2" / "train_state").rglob("*") if f.is_file()),
+               key=lambda f: f.stat().st_size)  # the biggest file: array chunks  # fmt: skip
+    data.write_bytes(b"damaged")
+    with pytest.raises(OSError, match=r"checkpoints/2: cannot read its arrays \(damaged\? move that step directory aside"):
+        loop.train(dataclasses.replace(job, num_steps=3))
+
+
 def test_policy_checkpoint_is_openpi_layout_with_assets(tmp_path, train_dataset, sentencepiece_model, monkeypatch):
     job = _job(tmp_path, train_dataset, sentencepiece_model, kind="policy", num_steps=2, save_interval=2)
     loop.train(job)
