@@ -95,10 +95,8 @@ def restore_numpy(path: epath.PathLike, keys: tuple[str, ...] | None = None) -> 
     is_leaf = lambda x: not isinstance(x, dict)  # noqa: E731
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta, is_leaf=is_leaf)
     args = ocp.args.PyTreeRestore(item=meta, restore_args=restore_args, partial_restore=keys is not None)
-    try:
+    with weights.reading(path):
         return ocp.PyTreeCheckpointer().restore(path, args=args)
-    except Exception as err:
-        raise weights.unreadable(path, err) from err
 
 
 def detect_layout(meta: dict[str, Any], where: epath.PathLike) -> str:

@@ -10,9 +10,10 @@ nothing is ever downloaded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,23 +80,31 @@ def _read(path: str, args: Mapping[str, ocp.RestoreArgs], stored: Mapping[str, t
     `_leaf_metadata(path)`."""
     item = traverse_util.unflatten_dict({stored[p][0]: stored[p][1] for p in args})
     restore_args = traverse_util.unflatten_dict({stored[p][0]: a for p, a in args.items()})
-    try:
-        with ocp.PyTreeCheckpointer() as ckptr:
-            out = traverse_util.flatten_dict(ckptr.restore(path, ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)))
-    except Exception as err:
-        raise unreadable(path, err) from err
+    with reading(path), ocp.PyTreeCheckpointer() as ckptr:
+        out = traverse_util.flatten_dict(ckptr.restore(path, ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)))
     return {p: out[stored[p][0]] for p in args}
 
 
-def unreadable(path: str | os.PathLike[str], err: BaseException, hint: str = "damaged, or copied in part?") -> OSError:
-    """The error for an orbax checkpoint whose arrays cannot be read: the checkpoint's path and tensorstore's innermost
-    error, which names the leaf and the file (orbax's own message prints tensorstore's spec instead)."""
-    chain = [err]
-    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and all(nxt is not e for e in chain):
-        chain.append(nxt)  # a context chain may loop
-    cause = chain[-1]
-    reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-    return OSError(f"{os.fspath(path)}: cannot read its arrays ({hint}): {reason}")
+# tensorstore's status codes for stored bytes that cannot be had (missing, cut short, corrupt, unreachable)
+STORAGE_STATUS = ("NOT_FOUND", "DATA_LOSS", "OUT_OF_RANGE", "FAILED_PRECONDITION", "PERMISSION_DENIED", "UNAVAILABLE",
+                  "DEADLINE_EXCEEDED", "ABORTED")  # fmt: skip
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike[str], hint: str = "damaged, or copied in part?") -> Iterator[None]:
+    """Inside: an orbax read that fails on the stored bytes becomes an OSError naming the checkpoint and, from
+    tensorstore's innermost error, the leaf and the file (orbax's own message prints tensorstore's spec). Other
+    errors (a tree that does not match, a bug) pass unchanged."""
+    try:
+        yield
+    except Exception as err:
+        chain = [err]
+        while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and all(nxt is not e for e in chain):
+            chain.append(nxt)  # a context chain may loop
+        reason = str(chain[-1]).splitlines()[0] if str(chain[-1]) else ""
+        if reason.split(":", 1)[0] not in STORAGE_STATUS:
+            raise
+        raise OSError(f"{os.fspath(path)}: cannot read its arrays ({hint}): {reason}") from err
 
 
 def restore(params_dir: str | os.PathLike[str], *, dtype: Any = None) -> dict[str, Any]:

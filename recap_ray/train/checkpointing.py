@@ -166,15 +166,13 @@ def restore_train_state(mngr: ocp.CheckpointManager, step: int, like: Any, shard
     flat_shard = flatten_state(shardings)
     restore_args = {k: ocp.ArrayRestoreArgs(sharding=flat_shard[k], global_shape=v.shape, dtype=v.dtype)
                     for k, v in flat_like.items()}  # fmt: skip
-    try:
+    with weights.reading(mngr.directory / str(step), "damaged? move that step directory aside to resume from the one before"):
         restored = mngr.restore(
             step,
             args=ocp.args.Composite(
                 **{checkpoints.TRAIN_STATE_ITEM: ocp.args.PyTreeRestore(item=flat_like, restore_args=restore_args)}
             ),
         )
-    except Exception as err:
-        raise weights.unreadable(mngr.directory / str(step), err, "damaged? move that step directory aside to resume from the one before") from err
     return unflatten_state(dict(restored[checkpoints.TRAIN_STATE_ITEM]), like)
 
 

@@ -144,3 +144,24 @@ def test_fit_reads_metadata_only_and_restore_leaves_reads_what_is_named(tmp_path
     with pytest.raises(weights.CheckpointMismatch) as err:
         weights.fit(bigger, tmp_path / "ckpt")
     assert err.value.missing == ["extra/w"] and not err.value.extra and not err.value.misshaped
+
+
+def test_reading_names_the_checkpoint_for_storage_errors_only():
+    """tensorstore's innermost status decides: a storage failure becomes an OSError naming the checkpoint; anything
+    else (a tree that does not fit, a bug) passes unchanged."""
+    def failing(inner: Exception) -> None:
+        try:
+            raise inner
+        except Exception as err:
+            raise Exception("Encountered error while reading array index: ... TensorStore({...})") from err
+
+    with pytest.raises(OSError, match=r"^/ckpt: cannot read its arrays \(damaged, or copied in part\?\): DATA_LOSS: Error reading \"a.b\"$"):
+        with weights.reading("/ckpt"):
+            failing(ValueError('DATA_LOSS: Error reading "a.b"\nmore detail'))
+    with pytest.raises(Exception, match="^Encountered error") as err:
+        with weights.reading("/ckpt"):
+            failing(ValueError("INVALID_ARGUMENT: shape mismatch"))
+    assert not isinstance(err.value, OSError)
+    with pytest.raises(KeyError):
+        with weights.reading("/ckpt"):
+            raise KeyError("params/missing")
