@@ -146,6 +146,7 @@ def _python_thread_speed(root: Path, maker: samples.SampleMaker, bench: BenchCon
 
 
 def measure(name: str, root: Path, tokenizer: Path, bench: BenchConfig) -> dict[str, Any]:
+    """One config's loader at every thread count, side by side, and what its CPU cost means for one GPU."""
     task = _task(name, tokenizer)
     with dataset_mod.open(root) as ds:
         maker = task.sample_maker(ds)
@@ -174,6 +175,7 @@ def measure(name: str, root: Path, tokenizer: Path, bench: BenchConfig) -> dict[
 
 
 def main(bench: BenchConfig) -> dict[str, Any]:
+    """Write (or reuse) the dataset and measure every config; returns the report."""
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         size = (bench.episodes, bench.frames, bench.height, bench.width)
