@@ -22,6 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,9 +55,14 @@ class Config:
     frames and size (empty: a temporary directory)."""
 
 
-def make_dataset(root: Path, episodes: int, frames: int, height: int, width: int, codec: str = "libsvtav1", seed: int = 0) -> Path:
-    """A YAM-like v3.0 dataset for the benchmarks: three cameras of smooth moving gradients, 14-wide state and
-    action, the RECAP columns (even episodes succeed, every third frame an intervention)."""
+PARAMS_FILE = "bench_dataset.json"  # what `make_dataset` was asked for, beside the dataset: `reusable` compares it
+
+
+def make_dataset(root: Path, episodes: int, frames: int, height: int, width: int, codec: str = "libsvtav1", seed: int = 0,
+                 noise: int = 0) -> Path:  # fmt: skip
+    """A YAM-like v3.0 dataset for the benchmarks: three cameras of smooth moving gradients (plus uniform noise of
+    +-`noise` levels: camera-like detail, which decodes slower), 14-wide state and action, the RECAP columns (even
+    episodes succeed, every third frame an intervention)."""
     feats = {"observation.state": {"dtype": "float32", "shape": [14], "names": None},
              "action": {"dtype": "float32", "shape": [14], "names": None}, **recap_columns.FEATURES}  # fmt: skip
     for cam in features.YAM_CAMERAS:
@@ -70,24 +76,29 @@ def make_dataset(root: Path, episodes: int, frames: int, height: int, width: int
                 **recap_columns.compute(ep % 2 == 0, (np.arange(frames) % 3 == 0).astype(np.int64))}  # fmt: skip
         for k, cam in enumerate(features.YAM_CAMERAS):
             t = np.arange(frames)[:, None, None]
-            img = np.zeros((frames, height, width, 3), np.uint8)
+            img = np.zeros((frames, height, width, 3), np.int16)
             img[..., 0] = (xx + 3 * t + 40 * k) % 256
             img[..., 1] = (yy + 2 * t) % 256
             img[..., 2] = (xx * yy // 64 + 10 * ep) % 256
-            cols[cam] = img
+            if noise:
+                img += rng.integers(-noise, noise + 1, img.shape, dtype=np.int16)
+            cols[cam] = np.clip(img, 0, 255).astype(np.uint8)
         w.add_episode(cols, task="bench")
-    return w.finalize()
+    out = w.finalize()
+    (out / PARAMS_FILE).write_text(json.dumps(_params(episodes, frames, height, width, codec, seed, noise)))
+    return out
 
 
-def reusable(root: Path, episodes: int, frames: int, height: int, width: int) -> bool:
-    """Whether `root` holds a `make_dataset` dataset of this size (with the action column of later versions)."""
-    info = root / "meta" / "info.json"
-    if not info.is_file():
-        return False
-    meta = json.loads(info.read_text())
-    shapes = {tuple(meta["features"].get(cam, {}).get("shape", ())) for cam in features.YAM_CAMERAS}
-    return ((meta["total_episodes"], meta["total_frames"], shapes) == (episodes, episodes * frames, {(height, width, 3)})
-            and "action" in meta["features"])  # fmt: skip
+def _params(episodes: int, frames: int, height: int, width: int, codec: str, seed: int, noise: int) -> dict[str, Any]:
+    return {"episodes": episodes, "frames": frames, "height": height, "width": width, "codec": codec, "seed": seed,
+            "noise": noise}  # fmt: skip
+
+
+def reusable(root: Path, episodes: int, frames: int, height: int, width: int, codec: str = "libsvtav1", seed: int = 0,
+             noise: int = 0) -> bool:  # fmt: skip
+    """Whether `root` holds the dataset `make_dataset` writes for these arguments."""
+    params = root / PARAMS_FILE
+    return params.is_file() and json.loads(params.read_text()) == _params(episodes, frames, height, width, codec, seed, noise)
 
 
 def _as_float_chw(frames: np.ndarray) -> np.ndarray:
@@ -127,7 +138,7 @@ def main(c: Config) -> dict:
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         size = (c.episodes, c.frames, c.height, c.width)
-        if c.root and reusable(Path(c.root), *size):
+        if c.root and reusable(Path(c.root), *size, codec=c.codec, seed=c.seed):
             root = Path(c.root)
         else:
             root = make_dataset(Path(c.root) if c.root else tmp / "bench_ds", *size, codec=c.codec, seed=c.seed)

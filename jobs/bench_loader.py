@@ -8,7 +8,7 @@
 three cameras decoded from AV1 at the size asked, resized with pad to the model's 224, state, action chunk,
 norm stats, the prompt with adv_ind tokenized; the value model's images, prompt and value_label) on a
 generated YAM-like v3.0 dataset (`bench_data.make_dataset`: smooth moving gradients, which decode faster
-than camera images; `--root` keeps it). Each run is a fresh loader, timed from its first `next()` (opening
+than camera images, with `--noise` levels of noise for camera-like detail; `--root` keeps it). Each run is a fresh loader, timed from its first `next()` (opening
 decoders and the first batch are timed, with one batch in flight a thread); thread counts alternate
 `repeats` times and the medians are reported, side by side against the synchronous loader (`threads` 0) of
 the same run. From the synchronous loader's CPU time per example and the examples/s one GPU consumes (`--step-examples-per-s`, default the H200 figures
@@ -59,6 +59,7 @@ class BenchConfig:
     frames: int = 150
     height: int = 480  # YAM records 640x480
     width: int = 640
+    noise: int = 0  # +- levels of uniform noise on the frames: camera-like detail decodes slower than smooth gradients
     root: str = ""  # keep the generated dataset here (reused when it matches)
     tokenizer: Path | None = None  # default: a small sentencepiece model trained here
     step_examples_per_s: float | None = None  # one GPU's consumption; default STEP_RATES by kind
@@ -180,8 +181,8 @@ def main(bench: BenchConfig) -> dict[str, Any]:
         tmp = Path(tmp_dir)
         size = (bench.episodes, bench.frames, bench.height, bench.width)
         root = Path(bench.root) if bench.root else tmp / "bench_ds"
-        if not bench_data.reusable(root, *size):
-            bench_data.make_dataset(root, *size, seed=bench.seed)
+        if not bench_data.reusable(root, *size, seed=bench.seed, noise=bench.noise):
+            bench_data.make_dataset(root, *size, seed=bench.seed, noise=bench.noise)
         tokenizer = bench.tokenizer or demo_assets.tokenizer(tmp / "tokenizer")
         report: dict[str, Any] = {"config": {k: str(v) for k, v in dataclasses.asdict(bench).items()},
                                   "cpu_count": os.cpu_count(), "load_before": os.getloadavg()}  # fmt: skip

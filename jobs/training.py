@@ -169,8 +169,8 @@ def prepare_run_dir(config: Config, kind: str, fingerprint: str, cameras: dict[s
 
 def loader_threads(config: Config) -> int:
     """--loader-threads, else one decode thread per CPU the worker reserves, at least 4. A policy example at YAM's
-    640x480 costs ~19 ms of CPU, a value example ~13 ms (BENCHMARKS.md, "Training input"), so an 8-GPU host
-    needs ~4 cores to feed pi0.6 and ~30 to feed the value model: a fixed 4 threads starved the latter."""
+    640x480 costs 19-28 ms of CPU, a value example 13-17 ms (BENCHMARKS.md, "Training input"), so an 8-GPU host
+    needs 4-6 cores to feed pi0.6 and 30-40 to feed the value model: a fixed 4 threads starved the latter."""
     return config.loader_threads or max(4, int(config.cpus_per_worker))
 
 
