@@ -201,50 +201,51 @@ def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_
     tx = optim.optimizer(opt_config)
     mngr = checkpointing.manager(job.run_dir, checkpointing.CheckpointOptions(
         keep=job.keep_checkpoints, keep_period=task.keep_period, async_save=job.async_save))
-    position = None
-    latest = mngr.latest_step()
-    resuming = latest is not None
-    graphdef, state, shardings = initial_state.program(task.create_model, _initial_weights(task, resuming), task.trainable(),
-                                                       tx, use_ema=task.ema_decay is not None, seed=task.config.seed,
-                                                       mesh=mesh, frozen_only=resuming).build()  # fmt: skip
-    if resuming:  # the frozen weights come from the init; everything else from the checkpoint
-        restored = checkpointing.restore_train_state(mngr, latest, state.replace(frozen=None), shardings.replace(frozen=None))
-        state = restored.replace(frozen=state.frozen)
-        position = checkpointing.restore_data_position(mngr, latest)
-        logger.info("resumed %s at step %d", job.run_dir, latest)
-    start = int(state.step)
-    if lead:
-        run_record.update(job.run_dir, start_step=start)
-
-    with dataset_mod.open(job.dataset) as ds:
-        maker = task.sample_maker(ds)
-        assets = task.assets(ds)
-    norm_of = jax.jit(step_lib.kernel_norm, out_shardings=sharding.replicated(mesh))  # frozen parts: measured once
-    groups = {name: (f, float(norm_of(state.frozen.filter(f)))) for name, f in task.norm_groups().items()}
-    train_step = jax.jit(
-        step_lib.make_step(graphdef, tx, task.loss(), optim.schedule(opt_config), ema_decay=task.ema_decay,
-                           grad_accum=job.grad_accum, frozen_kernel_norm=float(norm_of(state.frozen)),
-                           norm_groups=groups),  # fmt: skip
-        in_shardings=(shardings, sharding.data_sharding(mesh)),
-        out_shardings=(shardings, sharding.replicated(mesh)),
-        donate_argnums=0,
-    )
-    tracker = tracker or (tracker_lib.TensorBoardTracker(epath.Path(job.run_dir) / "tensorboard") if lead else tracker_lib.NullTracker())
-
-    def save(step: int) -> None:
-        params = task.params_item(graphdef, state)
-        checkpointing.save(mngr, step, params=params, train_state=state.replace(frozen=None),
-                           data_position=loader.position.to_dict(), assets=assets)  # fmt: skip
-        if lead:
-            run_record.update(job.run_dir, checkpoints=sorted({*mngr.all_steps(), step}))
-
     metrics: dict[str, Any] = {}
-    loader = batches.BatchLoader(job.dataset, maker, global_batch=global_batch, seed=task.config.seed,
-                                 process_index=ctx.rank, process_count=ctx.world_size, position=position,
-                                 threads=job.loader_threads, prefetch=max(job.prefetch, job.loader_threads),
-                                 fingerprint=fingerprint)  # fmt: skip
-    bar = tqdm(total=num_steps, initial=start, desc=f"train {job.kind}", disable=not lead)
-    try:
+    loader = bar = None
+    try:  # from here on, a failure still closes what was opened
+        position = None
+        latest = mngr.latest_step()
+        resuming = latest is not None
+        graphdef, state, shardings = initial_state.program(task.create_model, _initial_weights(task, resuming), task.trainable(),
+                                                           tx, use_ema=task.ema_decay is not None, seed=task.config.seed,
+                                                           mesh=mesh, frozen_only=resuming).build()  # fmt: skip
+        if resuming:  # the frozen weights come from the init; everything else from the checkpoint
+            restored = checkpointing.restore_train_state(mngr, latest, state.replace(frozen=None), shardings.replace(frozen=None))
+            state = restored.replace(frozen=state.frozen)
+            position = checkpointing.restore_data_position(mngr, latest)
+            logger.info("resumed %s at step %d", job.run_dir, latest)
+        start = int(state.step)
+        if lead:
+            run_record.update(job.run_dir, start_step=start)
+
+        with dataset_mod.open(job.dataset) as ds:
+            maker = task.sample_maker(ds)
+            assets = task.assets(ds)
+        norm_of = jax.jit(step_lib.kernel_norm, out_shardings=sharding.replicated(mesh))  # frozen parts: measured once
+        groups = {name: (f, float(norm_of(state.frozen.filter(f)))) for name, f in task.norm_groups().items()}
+        train_step = jax.jit(
+            step_lib.make_step(graphdef, tx, task.loss(), optim.schedule(opt_config), ema_decay=task.ema_decay,
+                               grad_accum=job.grad_accum, frozen_kernel_norm=float(norm_of(state.frozen)),
+                               norm_groups=groups),  # fmt: skip
+            in_shardings=(shardings, sharding.data_sharding(mesh)),
+            out_shardings=(shardings, sharding.replicated(mesh)),
+            donate_argnums=0,
+        )
+        tracker = tracker or (tracker_lib.TensorBoardTracker(epath.Path(job.run_dir) / "tensorboard") if lead else tracker_lib.NullTracker())
+
+        def save(step: int) -> None:
+            params = task.params_item(graphdef, state)
+            checkpointing.save(mngr, step, params=params, train_state=state.replace(frozen=None),
+                               data_position=loader.position.to_dict(), assets=assets)  # fmt: skip
+            if lead:
+                run_record.update(job.run_dir, checkpoints=sorted({*mngr.all_steps(), step}))
+
+        loader = batches.BatchLoader(job.dataset, maker, global_batch=global_batch, seed=task.config.seed,
+                                     process_index=ctx.rank, process_count=ctx.world_size, position=position,
+                                     threads=job.loader_threads, prefetch=max(job.prefetch, job.loader_threads),
+                                     fingerprint=fingerprint)  # fmt: skip
+        bar = tqdm(total=num_steps, initial=start, desc=f"train {job.kind}", disable=not lead)
         window_start, window_steps, input_wait = time.perf_counter(), 0, 0.0
         in_flight = InFlight()
         for step in range(start, num_steps):
@@ -286,8 +287,7 @@ def train(job: TrainJob, ctx: WorkerContext = WorkerContext(), tracker: tracker_
         if lead:
             run_record.update(job.run_dir, step=num_steps, status="finished", checkpoints=list(mngr.all_steps()))
     finally:
-        bar.close()
-        loader.close()
-        mngr.close()
-        tracker.close()
+        for part in (bar, loader, mngr, tracker):
+            if part is not None:
+                part.close()
     return metrics

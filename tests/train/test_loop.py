@@ -14,7 +14,7 @@ import pytest
 from recap_ray.configs import registry
 from recap_ray.data import norm_stats
 from recap_ray.models import checkpoints, value_weights, weights
-from recap_ray.train import loop, run_record, samples, tasks
+from recap_ray.train import checkpointing, loop, run_record, samples, tasks
 
 
 class Recorder:
@@ -112,14 +112,25 @@ def test_a_loader_that_cannot_keep_up_shows_as_input_wait(tmp_path, train_datase
     assert min(shares[2:]) > 0.8, shares  # the first steps overlap the compile
 
 
-def test_a_damaged_checkpoint_is_named_when_resuming(tmp_path, train_dataset, sentencepiece_model):
+def test_a_damaged_checkpoint_is_named_when_resuming(tmp_path, train_dataset, sentencepiece_model, monkeypatch):
     job = _job(tmp_path, train_dataset, sentencepiece_model, num_steps=2, save_interval=2)
     loop.train(job)
     data = max((f for f in (tmp_path / "run-value" / "checkpoints" / "2" / "train_state").rglob("*") if f.is_file()),
                key=lambda f: f.stat().st_size)  # the biggest file: array chunks  # fmt: skip
     data.write_bytes(b"damaged")
+    closed = []
+
+    def manager(*args, **kwargs):
+        mngr = open_manager(*args, **kwargs)
+        close = mngr.close
+        mngr.close = lambda: (closed.append(True), close())
+        return mngr
+
+    open_manager = checkpointing.manager
+    monkeypatch.setattr(checkpointing, "manager", manager)
     with pytest.raises(OSError, match=r"checkpoints/2: cannot read its arrays \(damaged\? move that step directory aside"):
         loop.train(dataclasses.replace(job, num_steps=3))
+    assert closed == [True]  # the failed resume still closed its checkpoint manager
 
 
 def test_policy_checkpoint_is_openpi_layout_with_assets(tmp_path, train_dataset, sentencepiece_model, monkeypatch):
