@@ -166,6 +166,7 @@ def app(config: app_config.AppConfig) -> serve.Application:
                            "runtime_env": {"env_vars": MODEL_ENV}},
         autoscaling_config=config.model_autoscaling.as_dict(),
         max_ongoing_requests=config.model_max_ongoing_requests,
+        logging_config={"enable_access_log": config.access_log},
     ).bind(config)
     # Direct ingress: each ingress replica listens on the node's one port of the range (jobs.serve.direct_ingress_env).
     placement = {"max_replicas_per_node": 1} if config.direct_ingress else {}

@@ -56,6 +56,8 @@ class AppConfig:
     fixed_noise: bool = False  # the same noise for every request (deterministic answers)
     seed: int = 0  # noise seed
     max_message_bytes: int = 12 * 1024 * 1024  # request frame limit (the proxy itself drops > 16 MiB)
+    access_log: bool = False  # Serve's log line per inference on the model replicas (the ingress logs one per session
+    # either way): off, it costs every answer its formatting and writing, and floods a fleet's logs at robot rates
     direct_ingress: bool = False  # the ingress replicas take connections on the port themselves, without Serve's
     # proxy hop (Ray's experimental direct ingress; needs its environment on every node: jobs.serve.direct_ingress_env);
     # at most one ingress replica per node, each on the port

@@ -37,6 +37,10 @@ def test_build_app_binds_an_autoscaled_ingress_to_an_autoscaled_model(tmp_path):
     assert model.max_ongoing_requests == 8 and ingress.max_ongoing_requests == 200
     assert model._deployment_config.autoscaling_config.max_replicas == 3
     assert ingress._deployment_config.autoscaling_config.target_ongoing_requests == 50
+    # one log line per session on the ingress; none per inference on the model unless asked for
+    assert ingress.logging_config is None and model.logging_config["enable_access_log"] is False
+    logged = serve_app.build_app({"checkpoint": str(tmp_path), "config": "pi06_tiny_infer", "access_log": True})
+    assert logged._bound_deployment.init_args[0]._bound_deployment.logging_config["enable_access_log"] is True
 
 
 def test_bad_args_are_refused():
