@@ -62,8 +62,12 @@ class PolicyModel:
 
     async def infer(self, observation: dict[str, Any]) -> dict[str, Any]:
         """One observation -> its answer, computed in a batch with whatever else is queued
-        (`batcher.ContinuousBatcher`, not `@serve.batch`: see there); a bad one raises to its caller only."""
-        return await self.batcher.submit(observation)
+        (`batcher.ContinuousBatcher`, not `@serve.batch`: see there); a bad one raises to its caller only.
+        `policy_timing.replica_ms`: the replica's whole time on it (waiting for its batch included)."""
+        start = time.monotonic()
+        answer = await self.batcher.submit(observation)
+        answer["policy_timing"]["replica_ms"] = (time.monotonic() - start) * 1000
+        return answer
 
 
 @serve.deployment

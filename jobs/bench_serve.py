@@ -11,10 +11,12 @@ client for p50/p99 of the round trip, then c concurrent clients (threads, one co
 chunks/s. Without `--checkpoint`, random weights (bf16) are written as a checkpoint to a temporary
 directory with unit norm stats and the given tokenizer. Prints JSON.
 
-Where the served time goes, at batch 1 (medians): `model_p50_ms` is the jitted call alone (both
-sides); the in-process p50 adds preprocessing; the served `handle_p50_ms` is the ingress's wait on the
-model deployment (adds batching and the ingress <-> model transport); the served p50 adds the proxy
-(not with direct ingress), the websocket and the msgpack codec on both ends.
+Where the served time goes, at batch 1 (medians): `model_p50_ms` is the jitted call alone and
+`prepare_p50_ms` the observation's input transforms (both sides); the in-process p50 adds the output
+transforms; the served `replica_p50_ms` is the model replica's time on a request (adds its queue and the
+hand-off to the model's thread), `handle_p50_ms` the ingress's wait on the model deployment (adds the
+ingress <-> model transport), and the served p50 adds the proxy (not with direct ingress), the websocket
+and the msgpack codec on both ends.
 """
 
 from __future__ import annotations
@@ -110,10 +112,11 @@ def in_process(bench: BenchConfig, checkpoint: Path, obs: dict[str, Any]) -> dic
                                options=policy.PolicyOptions(max_batch_size=bench.max_batch_size,
                                                             num_steps=bench.num_steps))  # fmt: skip
     local.warmup()
-    model_s: list[float] = []
-    result: dict[str, Any] = {"batch1": _percentiles(_timed(
-        lambda: model_s.append(local.infer(obs)["policy_timing"]["infer_ms"] / 1000), bench.requests))}  # fmt: skip
-    result["batch1"]["model_p50_ms"] = _percentiles(model_s)["p50_ms"]
+    timings: list[dict[str, float]] = []
+    result: dict[str, Any] = {"batch1": _percentiles(_timed(lambda: timings.append(local.infer(obs)["policy_timing"]),
+                                                            bench.requests))}  # fmt: skip
+    for name, key in (("prepare_p50_ms", "prepare_ms"), ("model_p50_ms", "infer_ms")):
+        result["batch1"][name] = float(np.median([t[key] for t in timings]))
     for c in bench.clients:
         seconds = sum(_timed(lambda c=c: local.infer_batch([obs] * c), bench.requests_per_client))
         result[f"chunks_per_s_c{c}"] = c * bench.requests_per_client / seconds
@@ -155,10 +158,13 @@ def _clients(uri: str, n: int, requests: int, obs: dict[str, Any]) -> tuple[floa
 
 
 def _hops(replies: list[dict[str, Any]]) -> dict[str, float]:
-    """Medians of the times the replies carry: the ingress's wait on the model handle (`server_timing`),
-    and the model call alone (`policy_timing`; preprocessing, batching and transport are the difference)."""
-    return {"handle_p50_ms": float(np.median([r["server_timing"]["infer_ms"] for r in replies])),
-            "model_p50_ms": float(np.median([r["policy_timing"]["infer_ms"] for r in replies]))}  # fmt: skip
+    """Medians of the times the replies carry, outermost first: the ingress's wait on the model handle
+    (`server_timing`), the model replica's time on the request (the handle's transport is the difference), the
+    observation's input transforms and the model call alone (`policy_timing`; the replica's queue, thread hand-off
+    and output transforms are the rest)."""
+    fields = {"handle_p50_ms": ("server_timing", "infer_ms"), "replica_p50_ms": ("policy_timing", "replica_ms"),
+              "prepare_p50_ms": ("policy_timing", "prepare_ms"), "model_p50_ms": ("policy_timing", "infer_ms")}  # fmt: skip
+    return {name: float(np.median([r[a][b] for r in replies])) for name, (a, b) in fields.items()}
 
 
 def served(bench: BenchConfig, checkpoint: Path, obs: dict[str, Any], num_gpus: float, direct: bool) -> dict[str, Any]:

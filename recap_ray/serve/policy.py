@@ -187,7 +187,7 @@ class Policy:
         answers: list[dict[str, Any] | Exception] = []
         for p, a in zip(prepared, actions, strict=False):
             out = np.asarray(self._outputs({"state": p["state"], "actions": a})["actions"], np.float32)
-            answers.append({"actions": out, "policy_timing": dict(timing)} if np.all(np.isfinite(out))
+            answers.append({"actions": out, "policy_timing": {**timing, "prepare_ms": p["prepare_ms"]}} if np.all(np.isfinite(out))
                            else self._non_finite(p["client_state"]))  # fmt: skip
         return answers
 
@@ -204,8 +204,9 @@ class Policy:
         """Answers in order; with `isolate_errors` a bad observation gets its exception, the rest are answered."""
         prepared: list[dict[str, Any] | Exception] = []
         for obs in observations:
+            start = time.perf_counter()
             try:
-                prepared.append(self.prepare(obs))
+                prepared.append({**self.prepare(obs), "prepare_ms": (time.perf_counter() - start) * 1000})
             except Exception as err:
                 if not isolate_errors:
                     raise
@@ -221,7 +222,8 @@ class Policy:
         return [p if isinstance(p, Exception) else next(it) for p in prepared]
 
     def infer(self, obs: Mapping[str, Any]) -> dict[str, Any]:
-        """One observation -> {"actions": float32 (H, state_dim), "policy_timing": {"infer_ms", "batch_size"}}."""
+        """One observation -> {"actions": float32 (H, state_dim), "policy_timing": {"infer_ms" (the model call, openpi's
+        field), "batch_size", "prepare_ms" (this observation's input transforms)}}."""
         (answer,) = self.infer_batch([obs])
         assert not isinstance(answer, Exception)
         return answer

@@ -75,7 +75,7 @@ def test_adv_ind_is_positive_whatever_the_client_sends(policy_run, f32_policy):
         answer = f32_policy.infer(variant)
         assert answer["actions"].shape == (10, 14) and answer["actions"].dtype == np.float32
         np.testing.assert_allclose(answer["actions"], expected, rtol=1e-4, atol=2e-4)
-        assert answer["policy_timing"]["infer_ms"] > 0
+        assert answer["policy_timing"]["infer_ms"] > 0 and answer["policy_timing"]["prepare_ms"] > 0
     prepared = f32_policy.prepare({**obs, "adv_ind": "negative"})["cond"]
     tok = tokenizer.PromptTokenizer(checkpoints.tokenizer_file(checkpoints.resolve(policy_run)), 96)
     assert "Advantage: positive;" in tok.decode(prepared["tokenized_prompt"])
