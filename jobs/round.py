@@ -74,7 +74,9 @@ class RoundConfig:
     lookahead: int = 50  # N of the N-step advantage
     stop_at_intervention: bool = False  # autonomous advantage windows end where the operator next takes over
     positive_ratio: float = 0.3  # fraction of autonomous frames labelled positive
-    num_workers: int = 1  # training workers (hosts)
+    num_workers: int = 1  # training workers (hosts); the most when elastic
+    min_workers: int | None = None  # elastic training: fewest workers a training stage continues on after losing nodes (spot)
+    max_failures: int = 3  # worker-group restarts a training stage makes before failing (-1: unlimited)
     gpus_per_worker: int = 0  # GPUs per training worker
     cpus_per_worker: float = 1.0  # CPUs reserved per training worker: its loader's decode threads (at least 4)
     num_actors: int = 1  # value-inference actors
@@ -87,9 +89,11 @@ class RoundConfig:
     dagger: session.DaggerConfig = session.DaggerConfig()  # simulated operator of the collect stage
 
     def __post_init__(self) -> None:
-        checks.at_least(self, lookahead=1, num_workers=1, gpus_per_worker=0, cpus_per_worker=0, num_actors=1, gpus_per_actor=0,
-                        batch_size=1, value_steps=1, policy_steps=1, sft_steps=1, eval_episodes=0, collect_rollouts=0,
-                        collect_seed=0)  # fmt: skip
+        checks.at_least(self, lookahead=1, num_workers=1, min_workers=1, max_failures=-1, gpus_per_worker=0, cpus_per_worker=0,
+                        num_actors=1, gpus_per_actor=0, batch_size=1, value_steps=1, policy_steps=1, sft_steps=1,
+                        eval_episodes=0, collect_rollouts=0, collect_seed=0)  # fmt: skip
+        if self.min_workers is not None and self.min_workers > self.num_workers:
+            raise ValueError(f"min_workers {self.min_workers} exceeds num_workers {self.num_workers} (the most workers)")
         if not 0 < self.positive_ratio <= 1:
             raise ValueError(f"positive_ratio (the share of autonomous frames labelled positive) must be in (0, 1], "
                              f"got {self.positive_ratio}")  # fmt: skip
@@ -130,6 +134,9 @@ PATH_FIELDS = ("sources", "previous_round", "sft_checkpoint", "tokenizer", "valu
                "success_file")  # fmt: skip
 # Initial-weight fields' keywords, kept as they are (as the training jobs' --init takes them): the pistar bundle of
 # $OPENPI_VLM_CKPT_DIR, and random weights.
+# Fields a resumed round may change: where it serves, and how its training stages weather lost nodes (neither
+# changes a stage's result). round.json keeps the rest and refuses a resume that changes them.
+RESUME_MAY_CHANGE = ("serve_port", "min_workers", "max_failures")
 INIT_KEYWORDS = {"value_init": ("bundle",), "sft_checkpoint": ("none",)}
 
 
@@ -240,8 +247,9 @@ def train_stage(kind: str, rc: RoundConfig, dataset: str, run_dir: Path, init: s
     A run an unfinished attempt left in `run_dir` is resumed from its newest checkpoint (the training job refuses
     one of another kind, config or dataset).
     """
-    common = dict(dataset=Path(dataset), run_dir=str(run_dir), num_workers=rc.num_workers, gpus_per_worker=rc.gpus_per_worker,
-                  cpus_per_worker=rc.cpus_per_worker, batch_size=rc.batch_size, init=init, resume=True, cameras=tuple(rc.cameras))  # fmt: skip
+    common = dict(dataset=Path(dataset), run_dir=str(run_dir), num_workers=rc.num_workers, min_workers=rc.min_workers,
+                  max_failures=rc.max_failures, gpus_per_worker=rc.gpus_per_worker, cpus_per_worker=rc.cpus_per_worker,
+                  batch_size=rc.batch_size, init=init, resume=True, cameras=tuple(rc.cameras))  # fmt: skip
     if kind == "value":
         config = training.Config(config=rc.value_config, tokenizer=rc.value_tokenizer,
                                  num_steps=steps or rc.value_steps, **common)  # fmt: skip
@@ -309,7 +317,7 @@ def run_round(rc: RoundConfig, out: Path, *, sft_stage: bool = False) -> dict[st
     if rc.previous_round and not rc.cameras:
         rc = dataclasses.replace(rc, cameras=tuple(recorded_round(rc.previous_round)["config"].get("cameras", ())))
     round_checks.check(rc, sft_stage)  # before round.json: a config refused here may be fixed and rerun into the same DIR
-    m = manifest_lib.Manifest(out, {k: v for k, v in dataclasses.asdict(rc).items() if k != "serve_port"})
+    m = manifest_lib.Manifest(out, {k: v for k, v in dataclasses.asdict(rc).items() if k not in RESUME_MAY_CHANGE})
     init = rc.sft_checkpoint
     if rc.previous_round:  # looked up before any stage runs: an unfinished previous round is refused here
         init = previous_output(rc.previous_round, ("policy",), "run_dir")

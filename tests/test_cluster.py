@@ -348,7 +348,8 @@ def test_round_example_trains():
     trained = [rc.policy_config, *([] if rc.skip_value else [rc.value_config]), *([rc.sft_config] if rc.sft_config else [])]
     if rc.gpus_per_worker:
         for name in trained:
-            commands.check_batch(rc.batch_size, name, range(rc.num_workers, rc.num_workers + 1), rc.gpus_per_worker, 1, f"{where} round.yaml")
+            workers = range(rc.min_workers or rc.num_workers, rc.num_workers + 1)
+            commands.check_batch(rc.batch_size, name, workers, rc.gpus_per_worker, 1, f"{where} round.yaml")
 
 
 def test_checks_catch_the_mistakes_they_are_for():

@@ -206,6 +206,21 @@ def test_round_on_the_datas_labels_skips_the_value_stages_and_resumes_after_a_cr
     assert fake.calls == [("policy", str(tmp_path / "outputs" / "data"), "/ckpt/sft", None, "p")]  # data not redone
 
 
+def test_a_resumed_round_may_change_how_it_weathers_lost_nodes_but_not_what_it_computes(tmp_path, monkeypatch):
+    """After a stage failed on spot nodes, the round reruns with more restarts or fewer workers allowed; round.json
+    refuses other changes."""
+    rc = round_job.RoundConfig(sources=("/data/a",), policy_config="p", sft_checkpoint="/ckpt/sft", skip_value=True,
+                               num_workers=4)  # fmt: skip
+    _FakeStages(monkeypatch, tmp_path, fail="policy")
+    with pytest.raises(RuntimeError, match="policy crashed"):
+        round_job.run_round(rc, tmp_path / "round")
+    with pytest.raises(ValueError, match=r"another config \(fields \['lookahead'\] differ\)"):
+        round_job.run_round(dataclasses.replace(rc, lookahead=10), tmp_path / "round")
+    fake = _FakeStages(monkeypatch, tmp_path)
+    record = round_job.run_round(dataclasses.replace(rc, min_workers=2, max_failures=-1, serve_port=8123), tmp_path / "round")
+    assert [c[0] for c in fake.calls] == ["policy"] and record["stages"]["policy"]["status"] == "done"
+
+
 def test_a_crashed_training_stage_resumes_its_run(tmp_path, monkeypatch):
     """A rerun stage continues the run its crashed attempt left (same kind, config, dataset) instead of refusing it."""
 
@@ -217,16 +232,19 @@ def test_a_crashed_training_stage_resumes_its_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(training, "check_inputs", lambda config, kind: None)  # no dataset, tokenizer or weights here
     monkeypatch.setattr(training.versions, "fingerprint", lambda path: "fp")
-    monkeypatch.setattr(training, "make_job", lambda config, kind, fingerprint, **extra: None)
+    jobs: list = []
+    monkeypatch.setattr(training, "make_job", lambda config, kind, fingerprint, **extra: jobs.append(config))
     monkeypatch.setattr(training.loop, "make_task", lambda job: types.SimpleNamespace(run_cameras=dict))
     monkeypatch.setattr(training.loop, "check_dataset", lambda job, task: None)
     monkeypatch.setattr(training.cli, "connect_ray", connect_ray)
-    rc = round_job.RoundConfig(value_config="value_tiny", policy_config="pi06_tiny")
+    rc = round_job.RoundConfig(value_config="value_tiny", policy_config="pi06_tiny", num_workers=4, min_workers=2, max_failures=-1)
     for kind, config in (("value", "value_tiny"), ("policy", "pi06_tiny")):
         current = kind
         run_record.start(tmp_path / kind, "crashed", kind=kind, config=config, dataset="/d", dataset_fingerprint="fp")
         with pytest.raises(Training, match=kind):  # past the run-directory check, into training
             round_job.train_stage(kind, rc, "/d", tmp_path / kind, None)
+        # elastic on spot nodes as the round says: 2 to 4 workers, restarts unlimited
+        assert (jobs[-1].num_workers, jobs[-1].min_workers, jobs[-1].max_failures) == (4, 2, -1)
     other = dataclasses.replace(rc, value_config="value")
     with pytest.raises(ValueError, match="cannot resume, the run differs: config was 'value_tiny', now 'value'"):
         round_job.train_stage("value", other, "/d", tmp_path / "value", None)
