@@ -78,6 +78,11 @@ def _uniform(rng: np.random.Generator, shape: tuple[int, ...], lo: float, hi: fl
     return rng.uniform(lo, hi, shape).astype(np.float32)
 
 
+def _pixels(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Random uint8 images, as the trainers' loaders send them (the step maps them to [-1, 1])."""
+    return rng.integers(0, 256, shape, dtype=np.uint8)
+
+
 def _tokens(rng: np.random.Generator, batch: int, length: int, vocab: int) -> tuple[np.ndarray, np.ndarray]:
     """Random ids in [1, vocab) and a prefix mask covering a random 25-100% of the row."""
     ids = rng.integers(1, min(vocab, 32_000), (batch, length), dtype=np.int32)
@@ -92,7 +97,7 @@ def value_case(name: str) -> Case:
     def batch(rng: np.random.Generator, b: int) -> dict[str, Any]:
         s, c = config.image_size, len(config.cameras)
         tokens, mask = _tokens(rng, b, config.max_token_len, config.llm.vocab_size)
-        return {"images": _uniform(rng, (b, c, s, s, 3), -1, 1), "image_masks": np.ones((b, c), bool),
+        return {"images": _pixels(rng, (b, c, s, s, 3)), "image_masks": np.ones((b, c), bool),
                 "tokens": tokens, "token_mask": mask, "value_label": _uniform(rng, (b,), -1, 0)}  # fmt: skip
 
     return Case(name, task, batch)
@@ -109,7 +114,7 @@ def policy_case(name: str, remat: str) -> Case:
         s = model_config.image_size
         tokens, mask = _tokens(rng, b, model_config.max_token_len, model_config.vocab_size)
         return {
-            "images": {k: _uniform(rng, (b, s, s, 3), -1, 1) for k in obs["images"]},
+            "images": {k: _pixels(rng, (b, s, s, 3)) for k in obs["images"]},
             "image_masks": {k: np.ones((b,), bool) for k in obs["image_masks"]},
             "tokenized_prompt": tokens,
             "tokenized_prompt_mask": mask,

@@ -293,11 +293,14 @@ class PadStatesAndActions:
 
 @dataclasses.dataclass(frozen=True)
 class ModelInputs:
-    """uint8 images -> float32 in [-1, 1]; keeps the keys the model reads (plus state/actions)."""
+    """Keeps the keys the model reads (plus state/actions). Images stay uint8: the model maps them to [-1, 1] on the
+    device (`siglip.pixels`, as openpi's `Observation.from_dict`), so loaders stack, queue and send a quarter of the
+    bytes of float32."""
 
     def __call__(self, data: Sample) -> Sample:
-        images = {k: np.asarray(v, np.float32) / 255.0 * 2.0 - 1.0 if np.asarray(v).dtype == np.uint8
-                  else np.asarray(v, np.float32) for k, v in data["images"].items()}  # fmt: skip
+        images = {k: np.asarray(v) for k, v in data["images"].items()}
+        if bad := {k: str(v.dtype) for k, v in images.items() if v.dtype != np.uint8}:
+            raise TypeError(f"ModelInputs: images must be uint8 by now (ResizeImages makes them so); got {bad}")
         out = {"images": images, "image_masks": {k: np.bool_(v) for k, v in data["image_masks"].items()}}
         for key in ("tokenized_prompt", "tokenized_prompt_mask", "state", "actions"):
             if key in data:

@@ -27,12 +27,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 from recap_ray import transforms
 from recap_ray.data import norm_stats
-from recap_ray.models import pi05_config, tokenizer
+from recap_ray.models import pi05_config, siglip, tokenizer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "openpi_transforms"
 META = json.loads((FIXTURE / "meta.json").read_text())
@@ -81,9 +82,11 @@ def _check_model_input(ours: dict, ours_full: dict, theirs: dict, case: str) -> 
     for cam, chw in theirs["image"].items():
         expected = np.moveaxis(chw, 0, -1)  # stored channel-planar
         np.testing.assert_array_equal(ours["images"][cam], expected, err_msg=f"{case}: {cam}")
-        # openpi Observation.from_dict (model.py): uint8 -> float32 / 255 * 2 - 1
+        # the model input stays uint8, as openpi's transforms leave it; the model maps it as openpi's
+        # Observation.from_dict (model.py): uint8 -> float32 / 255 * 2 - 1
+        np.testing.assert_array_equal(ours_full["images"][cam], expected, err_msg=f"{case}: {cam} as model input")
         want = expected.astype(np.float32) / 255.0 * 2.0 - 1.0
-        np.testing.assert_array_equal(ours_full["images"][cam], want, err_msg=f"{case}: {cam} as model input")
+        np.testing.assert_array_equal(np.asarray(jax.jit(siglip.pixels)(ours_full["images"][cam])), want, err_msg=f"{case}: {cam}")
     assert list(ours["images"]) == list(theirs["image"]), case  # prefix order
     assert {k: bool(v) for k, v in ours["image_masks"].items()} == {k: bool(v) for k, v in theirs["image_mask"].items()}
     np.testing.assert_allclose(ours["state"], theirs["state"], rtol=1e-6, atol=1e-6, err_msg=f"{case}: state")

@@ -98,6 +98,14 @@ def test_delta_actions_and_padding():
     assert not padded["actions"][:, 14:].any()
 
 
+def test_model_inputs_keep_uint8_images_and_refuse_others():
+    masks = {"base_0_rgb": True}
+    out = transforms.ModelInputs()({"images": {"base_0_rgb": np.full((2, 2, 3), 7, np.uint8)}, "image_masks": masks})
+    assert out["images"]["base_0_rgb"].dtype == np.uint8 and out["images"]["base_0_rgb"].max() == 7
+    with pytest.raises(TypeError, match="base_0_rgb.*float32"):
+        transforms.ModelInputs()({"images": {"base_0_rgb": np.zeros((2, 2, 3), np.float32)}, "image_masks": masks})
+
+
 def test_training_and_serving_pipelines_round_trip(sentencepiece_model):
     config = policy.PI06_TINY
     tok = tokenizer.PromptTokenizer(sentencepiece_model, config.model.max_token_len)
@@ -106,8 +114,8 @@ def test_training_and_serving_pipelines_round_trip(sentencepiece_model):
                                         adv_ind_dropout=0.3, rng=np.random.default_rng(0))  # fmt: skip
     out = train_in(sample)
     assert set(out) == {"images", "image_masks", "tokenized_prompt", "tokenized_prompt_mask", "state", "actions"}
-    assert out["images"]["base_0_rgb"].shape == (28, 28, 3) and out["images"]["base_0_rgb"].dtype == np.float32
-    assert out["images"]["base_0_rgb"].min() >= -1 and out["images"]["right_wrist_0_rgb"].max() == -1
+    assert out["images"]["base_0_rgb"].shape == (28, 28, 3) and out["images"]["base_0_rgb"].dtype == np.uint8
+    assert out["images"]["base_0_rgb"].any() and not out["images"]["right_wrist_0_rgb"].any()  # unfed: black
     assert out["state"].shape == (32,) and out["actions"].shape == (H, 32)
     # the model would predict exactly the normalised delta actions: the output pipeline recovers the input
     back = transforms.policy_outputs(_stats())({"state": out["state"], "actions": out["actions"]})

@@ -1,7 +1,8 @@
 """The pi0.5 / pi0.6 policy (openpi `Pi0` with pi05=True, pistar loss weighting), in Flax NNX.
 
 Observation dict (what `recap_ray.transforms` produces, batched):
-  images: {camera: float (B, S, S, 3) in [-1, 1]} for every key of `config.image_keys`
+  images: {camera: uint8 (B, S, S, 3), or float in [-1, 1]} for every key of `config.image_keys` (uint8 is mapped to
+    [-1, 1] on the device: `siglip.pixels`)
   image_masks: {camera: bool (B,)}
   tokenized_prompt: int32 (B, max_token_len); tokenized_prompt_mask: bool (B, max_token_len)
 Actions are (B, action_horizon, action_dim), normalised and padded. Flow matching runs from
@@ -72,7 +73,7 @@ class Pi05(nnx.Module):
         for key in self.config.image_keys:
             if key not in obs["images"]:
                 raise KeyError(f"observation has no image {key!r}; has {sorted(obs['images'])}")
-            t = self.PaliGemma.img(obs["images"][key])
+            t = self.PaliGemma.img(siglip.pixels(obs["images"][key]))
             tokens.append(t)
             masks.append(jnp.broadcast_to(obs["image_masks"][key][:, None], t.shape[:2]))
         tokens.append(self.PaliGemma.llm.embed(obs["tokenized_prompt"]))
@@ -117,8 +118,8 @@ class Pi05(nnx.Module):
         """openpi's compute_loss: rng splits into (augmentation, noise, time); train=True augments the images
         (`augment`); eps ~ N(0, I), t ~ 0.999 Beta(1.5, 1) + 0.001. The same key gives openpi's draws."""
         augment_rng, noise_rng, time_rng = jax.random.split(rng, 3)
-        if train:
-            obs = {**obs, "images": augment.augment(augment_rng, obs["images"])}
+        if train:  # on [-1, 1] images, as openpi's (its Observation.from_dict maps uint8 first)
+            obs = {**obs, "images": augment.augment(augment_rng, {k: siglip.pixels(v) for k, v in obs["images"].items()})}
         noise = jax.random.normal(noise_rng, actions.shape)
         return self.loss(obs, actions, noise, sample_time(time_rng, actions.shape[0]))
 

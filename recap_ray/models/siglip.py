@@ -14,6 +14,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from recap_ray.models import stack
@@ -200,6 +201,20 @@ class Encoder(nnx.Module):
     def __call__(self, x: jax.Array, dtype: jnp.dtype) -> jax.Array:
         x, _ = stack.scan(self.encoderblock, lambda block, h, _: (block(h, dtype), None), x, remat=self.remat)
         return self.encoder_norm(x, dtype)
+
+
+# x / 255 * 2 - 1 in float32 for every uint8 value, as numpy computes it (openpi's `Observation.from_dict`). Looked up,
+# not computed in the jitted program: XLA turns the division by a constant into a multiplication by 1/255, which
+# differs in the last bit for 205 of the 256 values.
+_PIXELS = np.arange(256, dtype=np.float32) / np.float32(255.0) * np.float32(2.0) - np.float32(1.0)
+
+
+def pixels(images: jax.Array) -> jax.Array:
+    """uint8 images -> float32 in [-1, 1] (x / 255 * 2 - 1, openpi's `Observation.from_dict`), on the device; images
+    of another dtype are taken as already in [-1, 1]. Host pipelines send uint8: a quarter of float32's bytes."""
+    if images.dtype == jnp.uint8:
+        return jnp.asarray(_PIXELS)[images]
+    return images
 
 
 class Siglip(nnx.Module):

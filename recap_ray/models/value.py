@@ -69,14 +69,14 @@ class ValueModel(nnx.Module):
     ) -> tuple[jax.Array, jax.Array]:
         """Build the Gemma input sequence and its valid mask (pistar's `embed_tokens`).
 
-        images (B, C, S, S, 3) float in [-1, 1], image_masks (B, C) bool, tokens (B, L) int,
+        images (B, C, S, S, 3) uint8 or float in [-1, 1] (`siglip.pixels`), image_masks (B, C) bool, tokens (B, L) int,
         token_mask (B, L) bool. Either modality may be None (text only: no cross-attention).
         """
         parts, masks = [], []
         img_tokens = None
         if images is not None:
             b, cams = images.shape[:2]
-            flat = self.img(images.reshape(b * cams, *images.shape[2:]))  # cameras batched together
+            flat = self.img(siglip.pixels(images.reshape(b * cams, *images.shape[2:])))  # cameras batched together
             img_tokens = self.img_projection(flat)
             img_tokens = img_tokens.reshape(b, cams * img_tokens.shape[1], img_tokens.shape[2])
             per_cam = img_tokens.shape[1] // cams

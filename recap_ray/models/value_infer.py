@@ -48,8 +48,7 @@ def value_step(graphdef: nnx.GraphDef) -> Any:
     """jit((state, uint8 images (B,C,S,S,3), masks (B,C), tokens, token_mask) -> V (B,) float32)."""
 
     def step(state: Any, images: jax.Array, masks: jax.Array, tokens: jax.Array, token_mask: jax.Array) -> jax.Array:
-        pixels = images.astype(jnp.float32) / 255.0 * 2.0 - 1.0
-        return nnx.merge(graphdef, state).value(pixels, masks, tokens, token_mask)
+        return nnx.merge(graphdef, state).value(images, masks, tokens, token_mask)
 
     return jax.jit(step)
 

@@ -1,8 +1,8 @@
 """Image preprocessing for the value model (spec value_model.md §8): arrays in, arrays out.
 
 Inference/labelling: uint8 HWC frames per camera -> resize with pad to the tower's size (PIL
-bilinear, aspect kept, black centred padding, as openpi_client's `resize_with_pad`) -> float32
-x/255*2-1. Cameras go in the model in the order given (pistar's order is the sorted camera keys);
+bilinear, aspect kept, black centred padding, as openpi_client's `resize_with_pad`), still uint8: the
+model maps them to x/255*2-1 on the device (`siglip.pixels`). Cameras go in the model in the order given (pistar's order is the sorted camera keys);
 a missing camera becomes a black image with mask False, as in pistar's `ValueInputs`.
 """
 
@@ -48,11 +48,6 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return images
 
 
-def normalize(images: np.ndarray) -> np.ndarray:
-    """uint8 -> float32 in [-1, 1] (x / 255 * 2 - 1)."""
-    return np.asarray(images, np.float32) / 255.0 * 2.0 - 1.0
-
-
 def camera_batch_uint8(
     frames: Mapping[str, np.ndarray | None], cameras: Sequence[str], size: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -79,11 +74,3 @@ def camera_batch_uint8(
         images[:, i] = resize_with_pad(frame, size, size)
         masks[:, i] = True
     return images, masks
-
-
-def camera_batch(
-    frames: Mapping[str, np.ndarray | None], cameras: Sequence[str], size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """`camera_batch_uint8`, normalised: float32 images in [-1, 1] (missing cameras all -1)."""
-    images, masks = camera_batch_uint8(frames, cameras, size)
-    return normalize(images), masks

@@ -183,8 +183,8 @@ class SampleMaker(Protocol):
 class ValueSamples:
     """Value-model samples (what `ValueModel.loss` takes) plus the `value_label` target.
 
-    Sample: images float32 (C, S, S, 3) in [-1, 1] (cameras `config.cameras`, resized with pad; an
-    unfed one black with mask False; pistar's augmentation runs on the device in the training step),
+    Sample: images uint8 (C, S, S, 3) (cameras `config.cameras`, resized with pad; an unfed one black with mask
+    False; mapped to [-1, 1] and augmented as pistar's on the device, in the training step),
     image_masks bool (C,), tokens int32 (L,) and token_mask bool (L,) of the episode task (pistar's
     value prompt), value_label float32 (). `cameras`: role -> dataset camera (see `camera_roles`).
     """
@@ -218,11 +218,10 @@ class ValueSamples:
     def __call__(self, key: SampleKey, images: Arrays, columns: Arrays) -> Sample:
         cams = self.config.cameras
         frames = {c: images[self.camera_map[c]][None] for c in cams if c in self.camera_map}
-        uint8, masks = value_preprocess.camera_batch_uint8(frames, cams, self.config.image_size)
-        x = value_preprocess.normalize(uint8)
+        images, masks = value_preprocess.camera_batch_uint8(frames, cams, self.config.image_size)
         tokens, token_mask = self._tokenize(str(columns[TASK_KEY][key.frame]))
         return {
-            "images": x[0],
+            "images": images[0],
             "image_masks": masks[0],
             "tokens": tokens,
             "token_mask": token_mask,

@@ -21,7 +21,7 @@ from flax import nnx
 
 from recap_ray.models import value as value_lib
 from recap_ray.models import augment as augment_lib
-from recap_ray.models import c51
+from recap_ray.models import c51, siglip
 from recap_ray.train import state as state_lib
 
 Batch = dict[str, Any]
@@ -112,13 +112,13 @@ def make_step(
 
 
 def value_loss(cameras: tuple[str, ...], augment: bool) -> LossFn:
-    """C51 cross-entropy on {images (B,C,S,S,3) in [-1,1], image_masks, tokens, token_mask, value_label}.
+    """C51 cross-entropy on {images (B,C,S,S,3) uint8 (or float in [-1,1]), image_masks, tokens, token_mask, value_label}.
 
     Augmentation as pistar's compute_loss(train=True): openpi's preprocessing, keyed by the step's RNG itself.
     """
 
     def loss(model: nnx.Module, rng: jax.Array, batch: Batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-        images = batch["images"]
+        images = siglip.pixels(batch["images"])
         if augment:
             out = augment_lib.augment(rng, {name: images[:, i] for i, name in enumerate(cameras)})
             images = jnp.stack([out[name] for name in cameras], axis=1)

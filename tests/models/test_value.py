@@ -198,13 +198,13 @@ def test_value_tokenizer_prompt_layout(sentencepiece_model):
     assert tokens[1].tolist() == long[:24]
 
 
-def test_camera_batch_resizes_normalises_and_masks_missing():
+def test_camera_batch_resizes_pads_and_masks_missing():
     frames = {"base_0_rgb": np.full((2, 10, 20, 3), 255, np.uint8)}
-    images, masks = value_preprocess.camera_batch(frames, ("base_0_rgb", "wrist_0_rgb"), 28)
-    assert images.shape == (2, 2, 28, 28, 3) and images.dtype == np.float32
+    images, masks = value_preprocess.camera_batch_uint8(frames, ("base_0_rgb", "wrist_0_rgb"), 28)
+    assert images.shape == (2, 2, 28, 28, 3) and images.dtype == np.uint8
     np.testing.assert_array_equal(masks, [[True, False], [True, False]])
-    # 10x20 -> 14x28, padded 7 rows above and below with black (-1)
-    assert np.all(images[:, 0, 7:21] == 1.0) and np.all(images[:, 0, :7] == -1.0) and np.all(images[:, 0, 21:] == -1.0)
-    assert np.all(images[:, 1] == -1.0)
+    # 10x20 -> 14x28, padded 7 rows above and below with black
+    assert np.all(images[:, 0, 7:21] == 255) and np.all(images[:, 0, :7] == 0) and np.all(images[:, 0, 21:] == 0)
+    assert np.all(images[:, 1] == 0)
     with pytest.raises(KeyError, match="left_wrist"):
-        value_preprocess.camera_batch({"left_wrist": frames["base_0_rgb"]}, ("base_0_rgb",), 28)
+        value_preprocess.camera_batch_uint8({"left_wrist": frames["base_0_rgb"]}, ("base_0_rgb",), 28)

@@ -225,7 +225,7 @@ def test_estimator_from_checkpoint_matches_model_on_raw_frames(tmp_path, tiny, s
     prompts = ["fold the towel", "pour the water", "open the drawer"]
     got = estimator(frames, prompts)
     assert got.shape == (3,) and got.dtype == np.float32 and np.all((got >= -1) & (got <= 0))
-    images, masks = value_preprocess.camera_batch(frames, config.cameras, config.image_size)
+    images, masks = value_preprocess.camera_batch_uint8(frames, config.cameras, config.image_size)  # the model maps uint8
     tokens, tmask = value_tokenizer.ValueTokenizer(sentencepiece_model, config.max_token_len)(prompts)
     model = vw.model_from_params(config, ema)  # EMA weights by default
     want = np.asarray(c51.expected_value(jax.jit(lambda m: m(images, masks, tokens, tmask))(model)))

@@ -166,7 +166,7 @@ def test_policy_actions_state_and_prompt_come_from_the_frame(train_dataset, prom
     s_img = policy_configs.TINY_MODEL.image_size
     assert sorted(batch) == ["actions", "image_masks", "images", "state", "tokenized_prompt", "tokenized_prompt_mask"]
     for cam in policy_configs.TINY_MODEL.image_keys:
-        assert batch["images"][cam].shape == (24, s_img, s_img, 3) and batch["images"][cam].dtype == np.float32
+        assert batch["images"][cam].shape == (24, s_img, s_img, 3) and batch["images"][cam].dtype == np.uint8
         assert batch["image_masks"][cam].dtype == bool and batch["image_masks"][cam].all()
     assert batch["actions"].shape == (24, horizon, 32) and batch["state"].shape == (24, 32)
     padded = 0
@@ -190,10 +190,10 @@ def test_policy_actions_state_and_prompt_come_from_the_frame(train_dataset, prom
         text = prompt_tok.decode(batch["tokenized_prompt"][i])
         assert f"Advantage: {adv_ind(k.episode, k.frame)};" in text and text.startswith(f"Task: {TASKS[k.episode % 2]}")
     assert 0 < padded < 24  # both padded (episode end) and full chunks were checked
-    with dataset_mod.open(train_dataset) as ds:  # the images are the frame's own, resized and scaled
+    with dataset_mod.open(train_dataset) as ds:  # the images are the frame's own, resized (scaled on the device)
         k = keys[0]
         head = ds.frames(k.episode, "observation.images.head_camera", [k.frame])[0]
-    want = value_preprocess.normalize(value_preprocess.resize_with_pad(head, s_img, s_img))
+    want = value_preprocess.resize_with_pad(head, s_img, s_img)
     np.testing.assert_array_equal(batch["images"]["base_0_rgb"][0], want)
 
 
@@ -225,7 +225,7 @@ def test_value_batch_holds_the_frame_images_prompt_and_label(train_dataset, valu
         batch = next(loader)
     size, length = VALUE.image_size, VALUE.max_token_len
     assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
-        "images": ((24, 2, size, size, 3), np.float32),
+        "images": ((24, 2, size, size, 3), np.uint8),  # mapped to [-1, 1] on the device
         "image_masks": ((24, 2), np.bool_),
         "tokens": ((24, length), np.int32),
         "token_mask": ((24, length), np.bool_),
@@ -239,7 +239,7 @@ def test_value_batch_holds_the_frame_images_prompt_and_label(train_dataset, valu
             assert batch["value_label"][i] == pytest.approx(want_label, abs=1e-6)
             np.testing.assert_array_equal(batch["tokens"][i], value_tok.tokenize_one(TASKS[k.episode % 2])[0])
             frames = {cam: ds.frames(k.episode, key, [k.frame]) for cam, key in PISTAR_VALUE_CAMERAS.items()}
-            want_images, _ = value_preprocess.camera_batch(frames, VALUE.cameras, size)
+            want_images, _ = value_preprocess.camera_batch_uint8(frames, VALUE.cameras, size)
             np.testing.assert_array_equal(batch["images"][i], want_images[0])
 
 
