@@ -132,11 +132,11 @@ class RoundConfig:
 
 PATH_FIELDS = ("sources", "previous_round", "sft_checkpoint", "tokenizer", "value_tokenizer", "value_init", "eval_baseline",
                "success_file")  # fmt: skip
-# Initial-weight fields' keywords, kept as they are (as the training jobs' --init takes them): the pistar bundle of
-# $OPENPI_VLM_CKPT_DIR, and random weights.
 # Fields a resumed round may change: where it serves, and how its training stages weather lost nodes (neither
 # changes a stage's result). round.json keeps the rest and refuses a resume that changes them.
 RESUME_MAY_CHANGE = ("serve_port", "min_workers", "max_failures")
+# Initial-weight fields' keywords, kept as they are (as the training jobs' --init takes them): the pistar bundle of
+# $OPENPI_VLM_CKPT_DIR, and random weights.
 INIT_KEYWORDS = {"value_init": ("bundle",), "sft_checkpoint": ("none",)}
 
 

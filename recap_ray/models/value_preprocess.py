@@ -2,8 +2,9 @@
 
 Inference/labelling: uint8 HWC frames per camera -> resize with pad to the tower's size (PIL
 bilinear, aspect kept, black centred padding, as openpi_client's `resize_with_pad`), still uint8: the
-model maps them to x/255*2-1 on the device (`siglip.pixels`). Cameras go in the model in the order given (pistar's order is the sorted camera keys);
-a missing camera becomes a black image with mask False, as in pistar's `ValueInputs`.
+model maps them to x/255*2-1 on the device (`siglip.pixels`). Cameras go in the model in the order
+given (pistar's order is the sorted camera keys); a missing camera becomes a black image with mask
+False, as in pistar's `ValueInputs`.
 """
 
 from __future__ import annotations

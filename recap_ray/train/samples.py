@@ -218,10 +218,10 @@ class ValueSamples:
     def __call__(self, key: SampleKey, images: Arrays, columns: Arrays) -> Sample:
         cams = self.config.cameras
         frames = {c: images[self.camera_map[c]][None] for c in cams if c in self.camera_map}
-        images, masks = value_preprocess.camera_batch_uint8(frames, cams, self.config.image_size)
+        resized, masks = value_preprocess.camera_batch_uint8(frames, cams, self.config.image_size)
         tokens, token_mask = self._tokenize(str(columns[TASK_KEY][key.frame]))
         return {
-            "images": images[0],
+            "images": resized[0],
             "image_masks": masks[0],
             "tokens": tokens,
             "token_mask": token_mask,
