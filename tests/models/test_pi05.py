@@ -104,18 +104,18 @@ def test_sampling_with_kv_cache_matches_uncached_euler_loop(model, velocity):
     np.testing.assert_allclose(np.asarray(got), x, rtol=1e-4, atol=1e-4)
 
 
-def test_uint8_images_are_mapped_on_the_device_as_openpi_maps_them(model):
+def test_uint8_images_are_mapped_on_the_device_as_openpi_maps_them(model, velocity):
     """The loaders send uint8; the model's results equal those of openpi's host mapping x / 255 * 2 - 1 (float32),
-    in the training loss (mapped before the augmentation) and in sampling."""
+    in the training loss (mapped before the augmentation) and in the velocity that sampling integrates."""
     obs = _obs(4)
     rng = np.random.default_rng(4)
     uint8 = {k: rng.integers(0, 256, v.shape, dtype=np.uint8) for k, v in obs["images"].items()}
     floats = {k: v.astype(np.float32) / 255.0 * 2.0 - 1.0 for k, v in uint8.items()}
     actions = jnp.asarray(rng.normal(size=(B, CONFIG.action_horizon, CONFIG.action_dim)), jnp.float32)
     loss = nnx.jit(lambda m, o: m.compute_loss(jax.random.key(9), o, actions, train=True))
-    sample = nnx.jit(lambda m, o: m.sample_actions(None, o, noise=actions))
-    for fn in (loss, sample):
-        got, want = fn(model, {**obs, "images": uint8}), fn(model, {**obs, "images": floats})
+    t = jnp.asarray([0.3, 0.8], jnp.float32)
+    for fn in (lambda o: loss(model, o), lambda o: velocity(o, actions, t)):
+        got, want = fn({**obs, "images": uint8}), fn({**obs, "images": floats})
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
